@@ -1,0 +1,295 @@
+"""The SimPy process of one engine: submitted requests in, timed steps and finished requests out.
+
+Each loop iteration schedules one step, asks the step-time model for its seconds, waits
+that long on SimPy's clock and commits the tokens. When a step is pure decode and nothing
+can change the next one (no admissible arrival, no completion, no block shortage), the
+replica plans the whole stretch of identical-shape steps at once and waits once; an
+arrival that could be admitted interrupts it at the next step boundary. Stretches give the
+same timestamps as stepping (tests/test_replica.py proves it).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import simpy
+
+from sim.kv_cache import KVCache
+from sim.plan import ReplicaPlan, max_model_len, memory_plan
+from sim.request import Request
+from sim.scheduler import Scheduler, StepPlan, Stretch
+from sim.step_time import StepTimeModel
+
+STEP_COLUMNS = (
+    "replica",
+    "start_at",
+    "duration_s",
+    "num_seqs",
+    "num_tokens",
+    "num_prefill_tokens",
+    "num_prefill_seqs",
+    "num_decode_seqs",
+    "num_decode_tokens",
+    "kv_blocks_used",
+    "kv_blocks_total",
+    "num_waiting",
+    "num_preempted",
+)
+
+
+@dataclass(frozen=True)
+class StretchRecord:
+    """What one stretch's step rows are expanded from after the run."""
+
+    starts_at: np.ndarray
+    durations_s: np.ndarray
+    num_seqs: int
+    kv_used: np.ndarray
+    num_waiting: int
+    arrivals_at: tuple[float, ...]
+
+
+class Replica:
+    """One model instance (a TP group of GPUs) running a continuous-batching engine."""
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        index: int,
+        plan: ReplicaPlan,
+        step_model: StepTimeModel,
+        *,
+        max_stretch_steps: int = 4096,
+        on_finish: Callable[[Request], None] | None = None,
+    ) -> None:
+        self.env = env
+        self.index = index
+        self.plan = plan
+        self.memory = memory_plan(plan)
+        self.max_len = max_model_len(plan)
+        self.kv = KVCache(self.memory.num_blocks, self.memory.block_size)
+        self.scheduler = Scheduler(plan.engine, self.kv, plan.model.sliding_window)
+        self.step_model = step_model
+        self.max_stretch_steps = max(1, max_stretch_steps)
+        self.on_finish = on_finish
+        self.clock = 0.0  # end of the last step (SimPy's clock may differ by rounding)
+        self.rows: list[tuple[float | int, ...]] = []
+        self.stretch_rows: list[StretchRecord] = []
+        self._wake: simpy.Event | None = None
+        self._interruptible = False
+        self._in_stretch = False
+        self._stretch_arrivals: list[float] = []
+        self.process = env.process(self._run())
+
+    # -- what the router sees ---------------------------------------------------------------
+    @property
+    def num_outstanding(self) -> int:
+        return self.scheduler.num_outstanding
+
+    @property
+    def kv_usage(self) -> float:
+        return self.kv.num_used / self.kv.num_blocks
+
+    def rejection(self, request: Request) -> str:
+        """Why this replica could never serve `request` ('' if it can)."""
+        total = request.input_tokens + request.output_tokens
+        if total > self.max_len:
+            return (
+                f"prompt+output {total} tokens exceeds max_model_len {self.max_len} of "
+                f"{self.plan.model.name}"
+            )
+        if total > self.memory.kv_capacity_tokens:
+            return (
+                f"prompt+output {total} tokens exceeds the KV cache of one replica "
+                f"({self.memory.kv_capacity_tokens} tokens)"
+            )
+        return ""
+
+    def submit(self, request: Request) -> None:
+        """Queue a request; wake the engine or cut a decode stretch if it could join."""
+        reason = self.rejection(request)
+        if reason:
+            request.reject(reason)
+            return
+        request.replica = self.index
+        self.scheduler.add(request)
+        if self._wake is not None:
+            if not self._wake.triggered:
+                self._wake.succeed()
+        elif self._interruptible:
+            self._interruptible = False
+            self.process.interrupt()
+        elif self._in_stretch:
+            self._stretch_arrivals.append(self.env.now)
+
+    # -- the engine loop ----------------------------------------------------------------------
+    def _run(self):  # type: ignore[no-untyped-def]
+        env, sched, model = self.env, self.scheduler, self.step_model
+        while True:
+            if not sched.has_work():
+                self._wake = env.event()
+                yield self._wake
+                self._wake = None
+                self.clock = env.now
+            plan = sched.schedule(self.clock)
+            shape = plan.shape
+            fixed_s = model.token_seconds(shape.num_tokens, shape.num_samples)
+            if plan.pure_decode and self.max_stretch_steps > 1:
+                yield from self._stretch(plan, fixed_s)
+                continue
+            duration = fixed_s + model.attention_seconds(
+                shape.num_tokens,
+                shape.attn_pairs,
+                shape.kv_read_tokens,
+                shape.attn_pairs_window,
+                shape.kv_read_tokens_window,
+            )
+            start = self.clock
+            end = start + duration
+            yield env.timeout(max(end - env.now, 0.0))
+            self.clock = end
+            self._record_step(plan, start, duration)
+            self._finish(sched.commit_step(plan, end))
+
+    def _stretch(self, plan: StepPlan, fixed_s: float):  # type: ignore[no-untyped-def]
+        env, sched = self.env, self.scheduler
+        stretch = sched.plan_stretch(plan, self.max_stretch_steps)
+        durations, ends = self._timeline(stretch, plan.shape.num_tokens, fixed_s)
+        steps = stretch.num_steps
+        self._interruptible = steps > 1 and sched.interruptible()
+        self._in_stretch = True
+        self._stretch_arrivals = []
+        try:
+            yield env.timeout(max(float(ends[-1]) - env.now, 0.0))
+        except simpy.Interrupt:
+            # finish the step in progress, then stop
+            steps = min(bisect.bisect_right(ends, env.now) + 1, steps)
+            yield env.timeout(max(float(ends[steps - 1]) - env.now, 0.0))
+        self._interruptible = False
+        self._in_stretch = False
+        start = self.clock
+        self.clock = float(ends[steps - 1])
+        self._record_stretch(plan, stretch, steps, start, durations, ends)
+        self._finish(sched.commit_stretch(stretch, steps, float(ends[0]), self.clock))
+
+    def _timeline(
+        self, stretch: Stretch, num_tokens: int, fixed_s: float
+    ) -> tuple[Sequence[float] | np.ndarray, Sequence[float] | np.ndarray]:
+        """Per-step durations and end times; t_k = (((clock + d0) + d1) + ...) as stepping."""
+        attention = self.step_model.attention_seconds
+        st = stretch
+        if isinstance(st.read, np.ndarray):
+            att = attention(num_tokens, st.pairs, st.read, st.pairs_w, st.read_w)  # type: ignore[arg-type]
+            d = fixed_s + att
+            return d, np.cumsum(np.concatenate(([self.clock], d)))[1:]
+        durations: list[float] = []
+        ends: list[float] = []
+        t = self.clock
+        for pairs, read, pairs_w, read_w in zip(
+            st.pairs, st.read, st.pairs_w, st.read_w, strict=True
+        ):
+            step = fixed_s + attention(num_tokens, int(pairs), int(read), int(pairs_w), int(read_w))
+            t = t + step
+            durations.append(step)
+            ends.append(t)
+        return durations, ends
+
+    def _finish(self, finished: list[Request]) -> None:
+        if self.on_finish is not None:
+            for request in finished:
+                self.on_finish(request)
+
+    # -- step rows (data for metrics; nothing is aggregated here) -----------------------------
+    def _record_step(self, plan: StepPlan, start: float, duration: float) -> None:
+        self.rows.append(
+            (
+                self.index,
+                start,
+                duration,
+                plan.num_seqs,
+                plan.shape.num_tokens,
+                plan.num_prefill_tokens,
+                len(plan.chunks),
+                plan.num_decode_seqs,
+                plan.num_decode_seqs,
+                self.kv.num_used,
+                self.kv.num_blocks,
+                plan.num_waiting,
+                plan.num_preempted,
+            )
+        )
+
+    def _record_stretch(
+        self,
+        plan: StepPlan,
+        stretch: Stretch,
+        steps: int,
+        start: float,
+        durations: Sequence[float] | np.ndarray,
+        ends: Sequence[float] | np.ndarray,
+    ) -> None:
+        """Keep what the stretch's rows need; `step_columns` expands them at the end."""
+        self.stretch_rows.append(
+            StretchRecord(
+                starts_at=np.concatenate(
+                    ([start], np.asarray(ends[: steps - 1], dtype=np.float64))
+                ),
+                durations_s=np.asarray(durations[:steps], dtype=np.float64),
+                num_seqs=plan.num_decode_seqs,
+                kv_used=self.kv.num_used + np.asarray(stretch.new_blocks[:steps], dtype=np.int64),
+                num_waiting=plan.num_waiting,
+                arrivals_at=tuple(self._stretch_arrivals),
+            )
+        )
+
+    def _expand_stretches(self) -> dict[str, np.ndarray] | None:
+        records = self.stretch_rows
+        if not records:
+            return None
+        lengths = np.asarray([r.durations_s.size for r in records])
+        durations = np.concatenate([r.durations_s for r in records])
+        starts = np.concatenate([r.starts_at for r in records])
+        n = np.repeat([r.num_seqs for r in records], lengths)
+        waiting = np.repeat([r.num_waiting for r in records], lengths)
+        offset = 0
+        for r, length in zip(records, lengths, strict=True):
+            if r.arrivals_at:
+                seg = starts[offset : offset + length]
+                waiting[offset : offset + length] += np.searchsorted(
+                    r.arrivals_at, seg, side="right"
+                )
+            offset += length
+        zeros = np.zeros(n.size, dtype=np.int64)
+        return {
+            "replica": np.full(n.size, self.index, dtype=np.int64),
+            "start_at": starts,
+            "duration_s": durations,
+            "num_seqs": n,
+            "num_tokens": n,
+            "num_prefill_tokens": zeros,
+            "num_prefill_seqs": zeros,
+            "num_decode_seqs": n,
+            "num_decode_tokens": n,
+            "kv_blocks_used": np.concatenate([r.kv_used for r in records]),
+            "kv_blocks_total": np.full(n.size, self.kv.num_blocks, dtype=np.int64),
+            "num_waiting": waiting,
+            "num_preempted": zeros,
+        }
+
+    def step_columns(self) -> dict[str, np.ndarray]:
+        """All step rows of this replica as columns, in time order."""
+        parts = []
+        if self.rows:
+            columns = map(np.asarray, zip(*self.rows, strict=True))
+            parts.append(dict(zip(STEP_COLUMNS, columns, strict=True)))
+        stretches = self._expand_stretches()
+        if stretches is not None:
+            parts.append(stretches)
+        if not parts:
+            return {c: np.zeros(0) for c in STEP_COLUMNS}
+        cols = {c: np.concatenate([p[c] for p in parts]) for c in STEP_COLUMNS}
+        order = np.argsort(cols["start_at"], kind="stable")
+        return {c: v[order] for c, v in cols.items()}

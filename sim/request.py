@@ -1,0 +1,101 @@
+"""A request's static fields, progress and `*_at` timestamps; flows trace -> router -> replica.
+
+While a request decodes, its context is derived from the engine's step counter
+(`c0 + g - g0`), so nothing here is touched per token or per step.
+"""
+
+from __future__ import annotations
+
+import math
+
+NAN = math.nan
+
+
+class Request:
+    """One inference request. Times are simulated seconds; token counts are integers."""
+
+    __slots__ = (
+        "arrival_at",
+        "c0",
+        "cached_tokens",
+        "computed",
+        "decoding",
+        "finished_at",
+        "first_scheduled_at",
+        "first_token_at",
+        "g0",
+        "input_tokens",
+        "life",
+        "num_output_done",
+        "num_preemptions",
+        "output_tokens",
+        "prefix_hashes",
+        "reason",
+        "replica",
+        "request_id",
+        "session_id",
+        "status",
+    )
+
+    def __init__(
+        self,
+        request_id: int,
+        arrival_at: float,
+        input_tokens: int,
+        output_tokens: int,
+        session_id: int = -1,
+        prefix_hashes: tuple[int, ...] | None = None,
+    ) -> None:
+        self.request_id = request_id
+        self.arrival_at = arrival_at
+        self.input_tokens = input_tokens
+        self.output_tokens = output_tokens
+        self.session_id = session_id
+        self.prefix_hashes = prefix_hashes
+        self.replica = -1
+        self.first_scheduled_at = NAN
+        self.first_token_at = NAN
+        self.finished_at = NAN
+        self.num_output_done = 0  # output tokens committed so far (kept across preemption)
+        self.num_preemptions = 0
+        self.cached_tokens = 0
+        self.status = "pending"
+        self.reason = ""
+        # engine progress (owned by the scheduler while the request runs)
+        self.computed = 0  # tokens whose KV exists
+        self.decoding = False
+        self.c0 = 0  # context when it joined the decode group
+        self.g0 = 0  # the engine's step counter then
+        self.life = 0  # decode-group membership stamp (0 = not decoding)
+
+    def reject(self, reason: str) -> None:
+        """Record that the request will never be served, and why."""
+        self.status = "rejected"
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return (
+            f"Request({self.request_id}, at={self.arrival_at:.3f}, in={self.input_tokens}, "
+            f"out={self.output_tokens}, status={self.status})"
+        )
+
+
+REQUEST_COLUMNS = (
+    "request_id",
+    "replica",
+    "arrival_at",
+    "first_scheduled_at",
+    "first_token_at",
+    "finished_at",
+    "input_tokens",
+    "output_tokens",
+    "cached_tokens",
+    "num_preemptions",
+    "status",
+    "reason",
+)
+
+
+def request_rows(requests: list[Request]) -> dict[str, list[object]]:
+    """Column lists for the per-request frame, in REQUEST_COLUMNS order."""
+    return {col: [getattr(r, col) for r in requests] for col in REQUEST_COLUMNS}

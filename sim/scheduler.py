@@ -1,0 +1,371 @@
+"""Continuous batching (vLLM-v1-like): waiting and running requests in, one step's batch out.
+
+Each step, running requests first, in admission order, each get the tokens they still need
+(1 when decoding, the rest of the prompt when prefilling) until the token budget
+(`max_num_batched_tokens`) runs out; chunked prefill cuts a prompt at the budget. KV blocks
+are allocated for the tokens scheduled; when they run out, the most recently admitted
+request is preempted (blocks freed, recomputed later from scratch). If nobody was
+preempted, waiting requests are admitted first-come-first-served while sequences
+(`max_num_seqs`), budget and blocks allow.
+
+Decoding requests are kept as a group with O(1) aggregates instead of per-sequence loops.
+All of them advance one token per step, so with a step counter `g` a decoding request's
+context is `c0 + (g - g0)`; the group keeps Σ(c0 - g0) (so Σ context = K + n·g), a heap of
+finishing steps, and a histogram of `(c0 - g0) mod block_size` (a request needs a new block
+exactly when its context is a multiple of the block size). A stretch of pure-decode steps
+is then planned with a few array operations (`plan_stretch`).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from sim.kv_cache import KVCache
+from sim.plan import EngineSpec
+from sim.request import Request
+from sim.step_time import StepShape
+
+I64 = np.int64
+SHORT_STRETCH = 48  # up to this many steps, plan with Python ints (cheaper than numpy calls)
+Counts = list[int] | np.ndarray
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """One step's batch: the decode group plus prefill chunks (request, tokens)."""
+
+    shape: StepShape
+    chunks: tuple[tuple[Request, int], ...]  # prefilling requests and their tokens
+    num_decode_seqs: int
+    num_prefill_tokens: int
+    num_preempted: int
+    num_admitted: int
+    num_waiting: int  # queue length after admission
+    pure_decode: bool  # only the decode group runs; nothing admitted or preempted
+
+    @property
+    def num_seqs(self) -> int:
+        return self.num_decode_seqs + len(self.chunks)
+
+
+@dataclass(frozen=True)
+class Stretch:
+    """`num_steps` pure-decode steps planned at once (every context grows by one a step)."""
+
+    num_steps: int
+    pairs: Counts  # per step: Σ attended context
+    read: Counts  # per step: Σ KV tokens read
+    pairs_w: Counts  # same, capped at the sliding window
+    read_w: Counts
+    new_blocks: Counts  # per step: blocks added after step 0 (cumulative)
+
+
+class Scheduler:
+    """Waiting queue, running requests (decode group + prefill list) and the KV pool."""
+
+    def __init__(self, engine: EngineSpec, kv: KVCache, window_tokens: int = 0) -> None:
+        if engine.max_num_batched_tokens < engine.max_num_seqs:
+            raise ValueError(
+                f"engine.max_num_batched_tokens ({engine.max_num_batched_tokens}) must be >= "
+                f"engine.max_num_seqs ({engine.max_num_seqs}), as vLLM requires"
+            )
+        self.engine = engine
+        self.kv = kv
+        self.bs = kv.block_size
+        self.window = window_tokens
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []  # admission order (preemption takes the last)
+        self.prefilling: list[Request] = []  # running requests still computing their prompt
+        self.g = 0  # steps taken
+        self.n_dec = 0  # decoding requests
+        self.k_dec = 0  # Σ (c0 - g0) over decoding requests
+        self.phase = np.zeros(self.bs, I64)  # decoding requests by (c0 - g0) mod bs
+        self.ends: list[tuple[int, int, Request]] = []  # (end step, life, request) heap
+        self.young: list[Request] = []  # decoding requests with context < window
+        self.lives = 0  # stamps decode-group memberships (lazy heap deletion)
+
+    # -- counters the router reads ---------------------------------------------------------
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    @property
+    def num_outstanding(self) -> int:
+        return len(self.running) + len(self.waiting)
+
+    def has_work(self) -> bool:
+        return bool(self.running) or bool(self.waiting)
+
+    def add(self, request: Request) -> None:
+        self.waiting.append(request)
+
+    # -- decode group bookkeeping ------------------------------------------------------------
+    def _context(self, r: Request) -> int:
+        """Tokens whose KV exists for a running request, at the current step counter."""
+        if r.decoding:
+            return r.c0 + self.g - r.g0
+        return r.computed
+
+    def _join_decode(self, r: Request, out_left: int) -> None:
+        r.decoding = True
+        r.c0, r.g0 = r.computed, self.g
+        self.lives += 1
+        r.life = self.lives
+        self.n_dec += 1
+        self.k_dec += r.c0 - r.g0
+        self.phase[(r.c0 - r.g0) % self.bs] += 1
+        heapq.heappush(self.ends, (self.g + out_left, r.life, r))
+        if self.window and r.c0 < self.window:
+            self.young.append(r)
+
+    def _leave_decode(self, r: Request) -> None:
+        r.computed = r.c0 + self.g - r.g0
+        r.decoding = False
+        r.life = 0  # its heap entry is now stale
+        self.n_dec -= 1
+        self.k_dec -= r.c0 - r.g0
+        self.phase[(r.c0 - r.g0) % self.bs] -= 1
+        if r in self.young:
+            self.young.remove(r)
+
+    # -- admission and preemption -------------------------------------------------------------
+    def _admit(self, r: Request, now: float) -> None:
+        r.computed = 0
+        self.running.append(r)
+        self.prefilling.append(r)
+        if r.first_scheduled_at != r.first_scheduled_at:  # NaN: first admission
+            r.first_scheduled_at = now
+
+    def _preempt_last(self) -> None:
+        """Free the most recently admitted request's blocks; it recomputes from scratch."""
+        r = self.running.pop()
+        if r.decoding:
+            end = self._end_step(r)
+            self._leave_decode(r)
+            r.num_output_done = r.output_tokens - (end - self.g)
+        else:
+            self.prefilling.remove(r)
+        self.kv.free(ceil_div(r.computed, self.bs))
+        r.computed = 0
+        r.num_preemptions += 1
+        self.waiting.appendleft(r)
+
+    def _end_step(self, r: Request) -> int:
+        for end, life, _ in self.ends:
+            if life == r.life:
+                return end
+        raise RuntimeError(f"{r} missing from the finish heap")
+
+    # -- one step ----------------------------------------------------------------------------
+    def schedule(self, now: float) -> StepPlan:
+        """Decide this step's batch, allocating KV blocks (and preempting if needed)."""
+        e, bs, kv = self.engine, self.bs, self.kv
+        preempted = 0
+        while True:
+            budget = e.max_num_batched_tokens - self.n_dec
+            need_blocks = int(self.phase[-self.g % bs]) if self.n_dec else 0
+            chunks: list[tuple[Request, int]] = []
+            for r in self.prefilling:
+                q = min(r.input_tokens + r.num_output_done - r.computed, budget)
+                if q <= 0:
+                    continue
+                chunks.append((r, q))
+                budget -= q
+                need_blocks += ceil_div(r.computed + q, bs) - ceil_div(r.computed, bs)
+            if need_blocks <= kv.num_free or not self.running:
+                break
+            self._preempt_last()
+            preempted += 1
+        kv.allocate(need_blocks)
+        admitted = 0
+        if not preempted and self.waiting:
+            admitted = self._admit_waiting(budget, now, chunks)
+        return self._plan(chunks, preempted, admitted)
+
+    def _admit_waiting(self, budget: int, now: float, chunks: list[tuple[Request, int]]) -> int:
+        e, bs, kv = self.engine, self.bs, self.kv
+        admitted = 0
+        while self.waiting and budget > 0 and len(self.running) < e.max_num_seqs:
+            r = self.waiting[0]
+            tokens = r.input_tokens + r.num_output_done
+            if not e.enable_chunked_prefill and tokens > budget:
+                break
+            q = min(tokens, budget)
+            blocks = ceil_div(q, bs)
+            if blocks > kv.num_free:
+                break
+            self.waiting.popleft()
+            self._admit(r, now)
+            kv.allocate(blocks)
+            chunks.append((r, q))
+            budget -= q
+            admitted += 1
+        return admitted
+
+    def _plan(self, chunks: list[tuple[Request, int]], preempted: int, admitted: int) -> StepPlan:
+        n = self.n_dec
+        ctx = self.k_dec + n * self.g  # Σ context of the decode group
+        pairs, read = ctx + n, ctx
+        prefill_tokens = samples = 0
+        for r, q in chunks:
+            c = r.computed
+            pairs += q * c + q * (q + 1) // 2
+            read += c
+            prefill_tokens += q
+            samples += c + q == r.input_tokens + r.num_output_done
+        pairs_w = read_w = 0
+        if self.window:
+            pairs_w, read_w = self._window_counts(chunks)
+        shape = StepShape(n + prefill_tokens, n + samples, pairs, read, pairs_w, read_w)
+        pure = not chunks and not preempted and n > 0
+        return StepPlan(
+            shape, tuple(chunks), n, prefill_tokens, preempted, admitted, len(self.waiting), pure
+        )
+
+    def _window_counts(self, chunks: list[tuple[Request, int]]) -> tuple[int, int]:
+        """Σ attended context and KV read with every token's context capped at the window."""
+        w, n = self.window, self.n_dec
+        young_ctx = [self._context(r) for r in self.young]
+        read_w = w * (n - len(young_ctx)) + sum(young_ctx)
+        pairs_w = w * (n - len(young_ctx)) + sum(min(c + 1, w) for c in young_ctx)
+
+        def s(x: int) -> int:  # Σ_{p=1..x} min(p, w)
+            m = min(x, w)
+            return m * (m + 1) // 2 + max(x - w, 0) * w
+
+        for r, q in chunks:
+            pairs_w += s(r.computed + q) - s(r.computed)
+            read_w += min(r.computed, w)
+        return pairs_w, read_w
+
+    # -- stretches of pure decode ------------------------------------------------------------
+    def interruptible(self) -> bool:
+        """Could a request arriving now be admitted before the running set changes?
+
+        After a pure-decode step, admission ran and took nobody (or the queue was empty);
+        during a stretch the batch is fixed and free blocks only shrink, so a blocked queue
+        stays blocked. Only an arrival into an empty queue with room to spare can matter.
+        """
+        return not self.waiting and len(self.running) < self.engine.max_num_seqs
+
+    def next_finish_step(self) -> int:
+        """The step counter at which the first decoding request finishes."""
+        while self.ends and self.ends[0][1] != self.ends[0][2].life:
+            heapq.heappop(self.ends)
+        return self.ends[0][0]
+
+    def plan_stretch(self, plan: StepPlan, max_steps: int) -> Stretch:
+        """Extend a pure-decode step into as many identical steps as nothing interrupts.
+
+        Call right after `schedule` returned `plan` (step 0's blocks are allocated). The
+        stretch stops at the first completion (the step emitting someone's last token) and
+        before KV blocks would run out. Short stretches are planned with Python integers,
+        long ones with numpy; both give the same numbers.
+        """
+        steps = max(1, min(self.next_finish_step() - self.g, max_steps))
+        if steps <= SHORT_STRETCH:
+            return self._plan_short(plan, steps)
+        return self._plan_long(plan, steps)
+
+    def _plan_short(self, plan: StepPlan, steps: int) -> Stretch:
+        n, g, bs, phase = self.n_dec, self.g, self.bs, self.phase
+        extra, total, free = [0], 0, self.kv.num_free
+        for s in range(1, steps):
+            total += int(phase[-(g + s) % bs])
+            if total > free:
+                steps = s
+                break
+            extra.append(total)
+        read0 = plan.shape.kv_read_tokens
+        read = [read0 + n * s for s in range(steps)]
+        pairs = [r + n for r in read]
+        if self.window:
+            pairs_w, read_w = self._window_stretch(np.arange(steps, dtype=I64))
+            return Stretch(steps, pairs, read, pairs_w.tolist(), read_w.tolist(), extra)
+        zeros = [0] * steps
+        return Stretch(steps, pairs, read, zeros, zeros, extra)
+
+    def _plan_long(self, plan: StepPlan, steps: int) -> Stretch:
+        n, g, bs = self.n_dec, self.g, self.bs
+        s = np.arange(steps, dtype=I64)
+        extra = np.cumsum(self.phase[(-(g + s)) % bs])
+        extra -= extra[0]  # blocks for steps 1..s (step 0 is already allocated)
+        fits = int(np.searchsorted(extra, self.kv.num_free, side="right"))
+        steps = min(steps, fits)
+        s = s[:steps]
+        read = plan.shape.kv_read_tokens + n * s
+        pairs = read + n
+        if self.window:
+            pairs_w, read_w = self._window_stretch(s)
+        else:
+            pairs_w = read_w = np.zeros(steps, I64)
+        return Stretch(steps, pairs, read, pairs_w, read_w, extra[:steps])
+
+    def _window_stretch(self, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per step: Σ min(c_j + s + 1, w) (pairs) and Σ min(c_j + s, w) (read)."""
+        w, n = self.window, self.n_dec
+        young = np.asarray([self._context(r) for r in self.young], dtype=I64)
+        old = w * (n - young.size)
+        if not young.size:
+            full = np.full(s.size, old, dtype=I64)
+            return full + 0, full
+        grid = young[None, :] + s[:, None]
+        read_w = old + np.minimum(grid, w).sum(axis=1)
+        pairs_w = old + np.minimum(grid + 1, w).sum(axis=1)
+        return pairs_w, read_w
+
+    # -- commit ------------------------------------------------------------------------------
+    def commit_step(self, plan: StepPlan, end_at: float) -> list[Request]:
+        """Apply one step's tokens at `end_at`; returns the requests that finished."""
+        return self._advance(1, end_at, end_at, plan.chunks)
+
+    def commit_stretch(
+        self, stretch: Stretch, steps: int, first_end_at: float, end_at: float
+    ) -> list[Request]:
+        """Apply the first `steps` steps of a stretch (step 0 was planned by `schedule`)."""
+        self.kv.allocate(int(stretch.new_blocks[steps - 1]))
+        return self._advance(steps, first_end_at, end_at, ())
+
+    def _advance(
+        self,
+        steps: int,
+        first_end_at: float,
+        end_at: float,
+        chunks: tuple[tuple[Request, int], ...],
+    ) -> list[Request]:
+        self.g += steps
+        finished: list[Request] = []
+        while self.ends and self.next_finish_step() <= self.g:
+            _, _, r = heapq.heappop(self.ends)
+            self._leave_decode(r)
+            r.num_output_done = r.output_tokens
+            finished.append(r)
+        if self.window and self.young:
+            self.young = [r for r in self.young if self._context(r) < self.window]
+        for r, q in chunks:
+            r.computed += q
+            if r.computed < r.input_tokens + r.num_output_done:
+                continue
+            self.prefilling.remove(r)
+            r.num_output_done += 1
+            if r.first_token_at != r.first_token_at:  # NaN: its first token
+                r.first_token_at = first_end_at
+            out_left = r.output_tokens - r.num_output_done
+            if out_left > 0:
+                self._join_decode(r, out_left)
+            else:
+                finished.append(r)
+        for r in finished:
+            self.kv.free(ceil_div(r.computed, self.bs))
+            self.running.remove(r)
+            r.finished_at = end_at
+            r.status = "finished"
+        return finished

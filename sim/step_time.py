@@ -1,0 +1,132 @@
+"""Batch counts in, step seconds out: a per-kernel-class roofline on one GPU of a TP group.
+
+A step's time is the sum of its kernel classes, each bound by compute or memory
+(whichever is slower), plus tensor-parallel all-reduces and a fixed per-step overhead:
+
+    dense GEMMs   max(2·P_dense·T / R_gemm,  W_dense / BW)
+    MoE experts   max(2·P_expert·k·T / R_gemm,  E_touched(T)·W_expert / BW)
+    LM head       max(2·h·V·S / R_gemm,  h·V·b / BW)            S = sequences sampled
+    attention     max(F_pair·pairs / R_attn,  KV_tok·(read + T) / BW)
+    other passes  A_tok·T / BW                                  norms, rotary, activation
+    all-reduce    n_ar·(latency + T·h·2 / BW_ar)
+    overhead      fixed per step (engine preset)
+
+T = tokens in the step; `pairs` = Σ over scheduled tokens of the context they attend to;
+`read` = KV tokens read. Expected experts touched per layer with T tokens choosing k of E
+uniformly: E·(1 − (1 − k/E)^T).
+
+`token_seconds` covers the terms that depend only on (T, S); `attention_seconds` the terms
+that grow with context. Both accept numpy arrays for attention inputs so a stretch of pure
+decode steps (constant T and S, context growing by one per step) evaluates in one call with
+the same floating-point operations as stepping one at a time.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Protocol, overload
+
+import numpy as np
+
+from sim.plan import CostParams
+
+
+@dataclass(frozen=True)
+class StepShape:
+    """Sufficient statistics of one engine step's batch."""
+
+    num_tokens: int  # T: tokens processed (prefill chunk tokens + decode tokens)
+    num_samples: int  # S: sequences that produce logits this step
+    attn_pairs: int  # Σ context attended by each scheduled token (causal)
+    kv_read_tokens: int  # Σ context KV tokens read (excl. this step's new tokens)
+    attn_pairs_window: int = 0  # same, capped at the sliding window
+    kv_read_tokens_window: int = 0
+
+
+class StepTimeModel(Protocol):
+    """What a replica needs: the roofline below, or a measured table behind the same calls."""
+
+    def token_seconds(self, num_tokens: int, num_samples: int) -> float: ...
+
+    @overload
+    def attention_seconds(
+        self, num_tokens: int, pairs: int, read: int, pairs_w: int, read_w: int
+    ) -> float: ...
+
+    @overload
+    def attention_seconds(
+        self,
+        num_tokens: int,
+        pairs: np.ndarray,
+        read: np.ndarray,
+        pairs_w: np.ndarray,
+        read_w: np.ndarray,
+    ) -> np.ndarray: ...
+
+
+class Roofline:
+    """The default step-time model over CostParams (see the module docstring)."""
+
+    def __init__(self, params: CostParams) -> None:
+        self.p = params
+
+    def experts_touched(self, num_tokens: int) -> float:
+        p = self.p
+        if not p.num_experts or num_tokens <= 0:
+            return 0.0
+        miss = math.exp(num_tokens * math.log1p(-p.experts_per_token / p.num_experts))
+        return p.num_experts * (1.0 - miss)
+
+    def token_seconds(self, num_tokens: int, num_samples: int) -> float:
+        """Every term that depends on T and S only (all but attention)."""
+        p = self.p
+        bw = p.hbm_bytes_per_s
+        rate = p.gemm_rate_flops_per_s
+        t = max(p.gemm_flops_per_token * num_tokens / rate, p.gemm_weight_bytes / bw)
+        if p.num_experts:
+            expert_bytes = self.experts_touched(num_tokens) * p.expert_bytes
+            t += max(p.expert_flops_per_token * num_tokens / rate, expert_bytes / bw)
+        t += max(p.lm_head_flops_per_sample * num_samples / rate, p.lm_head_bytes / bw)
+        t += p.act_bytes_per_token * num_tokens / bw
+        if p.allreduce_count:
+            per = p.allreduce_latency_s + num_tokens * p.allreduce_bytes_per_token / (
+                p.allreduce_bytes_per_s
+            )
+            t += p.allreduce_count * per
+        return t + p.step_overhead_s
+
+    @overload
+    def attention_seconds(
+        self, num_tokens: int, pairs: int, read: int, pairs_w: int, read_w: int
+    ) -> float: ...
+
+    @overload
+    def attention_seconds(
+        self,
+        num_tokens: int,
+        pairs: np.ndarray,
+        read: np.ndarray,
+        pairs_w: np.ndarray,
+        read_w: np.ndarray,
+    ) -> np.ndarray: ...
+
+    def attention_seconds(
+        self, num_tokens: int, pairs: Any, read: Any, pairs_w: Any, read_w: Any
+    ) -> Any:
+        """Attention compute vs KV traffic; scalars or same-shape arrays (pairs, read, ...)."""
+        p = self.p
+        mx = np.maximum if isinstance(pairs, np.ndarray) else max
+        flops = p.attn_flops_per_pair * pairs + p.attn_flops_per_pair_window * pairs_w
+        kv = p.kv_bytes_per_token * (read + num_tokens)
+        kv = kv + p.kv_bytes_per_token_window * (read_w + num_tokens)
+        return mx(flops / p.attn_rate_flops_per_s, kv / p.hbm_bytes_per_s)
+
+    def step_seconds(self, shape: StepShape) -> float:
+        return self.token_seconds(shape.num_tokens, shape.num_samples) + self.attention_seconds(
+            shape.num_tokens,
+            shape.attn_pairs,
+            shape.kv_read_tokens,
+            shape.attn_pairs_window,
+            shape.kv_read_tokens_window,
+        )
