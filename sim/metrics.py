@@ -44,6 +44,7 @@ STEP_COLUMNS: dict[str, str] = {
     "num_prefill_seqs": "int64",
     "num_decode_seqs": "int64",
     "num_decode_tokens": "int64",
+    "num_output_tokens": "int64",
     "kv_blocks_used": "int64",
     "kv_blocks_total": "int64",
     "num_waiting": "int64",

@@ -11,8 +11,9 @@ same timestamps as stepping (tests/test_replica.py proves it).
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import itertools
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import simpy
@@ -33,21 +34,23 @@ STEP_COLUMNS = (
     "num_prefill_seqs",
     "num_decode_seqs",
     "num_decode_tokens",
+    "num_output_tokens",
     "kv_blocks_used",
     "kv_blocks_total",
     "num_waiting",
     "num_preempted",
 )
+FLOAT_COLUMNS = ("start_at", "duration_s")
 
 
-@dataclass(frozen=True)
-class StretchRecord:
+class StretchRecord(NamedTuple):
     """What one stretch's step rows are expanded from after the run."""
 
-    starts_at: np.ndarray
-    durations_s: np.ndarray
-    num_seqs: int
-    kv_used: np.ndarray
+    start_at: float
+    durations_s: list[float]
+    ends_at: list[float]  # ends of all but the last step (= starts of the next)
+    stretch: Stretch
+    kv_used0: int  # blocks in use after step 0
     num_waiting: int
     arrivals_at: tuple[float, ...]
 
@@ -157,7 +160,7 @@ class Replica:
     def _stretch(self, plan: StepPlan, fixed_s: float):  # type: ignore[no-untyped-def]
         env, sched = self.env, self.scheduler
         stretch = sched.plan_stretch(plan, self.max_stretch_steps)
-        durations, ends = self._timeline(stretch, plan.shape.num_tokens, fixed_s)
+        durations, ends = self._timeline(stretch, fixed_s)
         steps = stretch.num_steps
         self._interruptible = steps > 1 and sched.interruptible()
         self._in_stretch = True
@@ -175,26 +178,19 @@ class Replica:
         self._record_stretch(plan, stretch, steps, start, durations, ends)
         self._finish(sched.commit_stretch(stretch, steps, float(ends[0]), self.clock))
 
-    def _timeline(
-        self, stretch: Stretch, num_tokens: int, fixed_s: float
-    ) -> tuple[Sequence[float] | np.ndarray, Sequence[float] | np.ndarray]:
+    def _timeline(self, stretch: Stretch, fixed_s: float) -> tuple[list[float], list[float]]:
         """Per-step durations and end times; t_k = (((clock + d0) + d1) + ...) as stepping."""
-        attention = self.step_model.attention_seconds
-        st = stretch
-        if isinstance(st.read, np.ndarray):
-            att = attention(num_tokens, st.pairs, st.read, st.pairs_w, st.read_w)  # type: ignore[arg-type]
-            d = fixed_s + att
-            return d, np.cumsum(np.concatenate(([self.clock], d)))[1:]
-        durations: list[float] = []
-        ends: list[float] = []
-        t = self.clock
-        for pairs, read, pairs_w, read_w in zip(
-            st.pairs, st.read, st.pairs_w, st.read_w, strict=True
-        ):
-            step = fixed_s + attention(num_tokens, int(pairs), int(read), int(pairs_w), int(read_w))
-            t = t + step
-            durations.append(step)
-            ends.append(t)
+        n, read0, steps = stretch.num_seqs, stretch.read0, stretch.num_steps
+        if stretch.pairs_w is None or stretch.read_w is None:
+            durations = self.step_model.decode_seconds(fixed_s, n, read0, steps)
+        else:
+            attention = self.step_model.attention_seconds
+            durations = [
+                fixed_s + attention(n, read0 + n * s + n, read0 + n * s, pw, rw)
+                for s, pw, rw in zip(range(steps), stretch.pairs_w, stretch.read_w, strict=True)
+            ]
+        ends = list(itertools.accumulate(durations, initial=self.clock))
+        del ends[0]
         return durations, ends
 
     def _finish(self, finished: list[Request]) -> None:
@@ -215,6 +211,7 @@ class Replica:
                 len(plan.chunks),
                 plan.num_decode_seqs,
                 plan.num_decode_seqs,
+                plan.shape.num_samples,
                 self.kv.num_used,
                 self.kv.num_blocks,
                 plan.num_waiting,
@@ -228,18 +225,17 @@ class Replica:
         stretch: Stretch,
         steps: int,
         start: float,
-        durations: Sequence[float] | np.ndarray,
-        ends: Sequence[float] | np.ndarray,
+        durations: list[float],
+        ends: list[float],
     ) -> None:
         """Keep what the stretch's rows need; `step_columns` expands them at the end."""
         self.stretch_rows.append(
             StretchRecord(
-                starts_at=np.concatenate(
-                    ([start], np.asarray(ends[: steps - 1], dtype=np.float64))
-                ),
-                durations_s=np.asarray(durations[:steps], dtype=np.float64),
-                num_seqs=plan.num_decode_seqs,
-                kv_used=self.kv.num_used + np.asarray(stretch.new_blocks[:steps], dtype=np.int64),
+                start_at=start,
+                durations_s=durations[:steps],
+                ends_at=ends[: steps - 1],
+                stretch=stretch,
+                kv_used0=self.kv.num_used,
                 num_waiting=plan.num_waiting,
                 arrivals_at=tuple(self._stretch_arrivals),
             )
@@ -249,22 +245,32 @@ class Replica:
         records = self.stretch_rows
         if not records:
             return None
-        lengths = np.asarray([r.durations_s.size for r in records])
-        durations = np.concatenate([r.durations_s for r in records])
-        starts = np.concatenate([r.starts_at for r in records])
-        n = np.repeat([r.num_seqs for r in records], lengths)
+        chain = itertools.chain.from_iterable
+        lengths = np.asarray([len(r.durations_s) for r in records])
+        total = int(lengths.sum())
+        durations = np.fromiter(chain(r.durations_s for r in records), np.float64, total)
+        starts = np.fromiter(chain([r.start_at, *r.ends_at] for r in records), np.float64, total)
+        offsets = np.cumsum(lengths) - lengths
+        first = np.repeat(offsets, lengths)
+        s = np.arange(total) - first  # step index within its stretch
+        n = np.repeat([r.stretch.num_seqs for r in records], lengths)
+        # blocks added by steps 1..s: the phase table of each stretch, summed per stretch
+        bs = records[0].stretch.block_size
+        phases = np.asarray([r.stretch.phase for r in records], dtype=np.int64)
+        g0 = np.repeat([r.stretch.g0 for r in records], lengths)
+        added = phases[np.repeat(np.arange(len(records)), lengths), (-(g0 + s)) % bs]
+        added[s == 0] = 0
+        cum = np.cumsum(added)
+        extra = cum - (cum[first] - added[first])
+        kv_used = np.repeat([r.kv_used0 for r in records], lengths) + extra
         waiting = np.repeat([r.num_waiting for r in records], lengths)
-        offset = 0
-        for r, length in zip(records, lengths, strict=True):
+        for r, lo, length in zip(records, offsets, lengths, strict=True):
             if r.arrivals_at:
-                seg = starts[offset : offset + length]
-                waiting[offset : offset + length] += np.searchsorted(
-                    r.arrivals_at, seg, side="right"
-                )
-            offset += length
-        zeros = np.zeros(n.size, dtype=np.int64)
+                seg = starts[lo : lo + length]
+                waiting[lo : lo + length] += np.searchsorted(r.arrivals_at, seg, side="right")
+        zeros = np.zeros(total, dtype=np.int64)
         return {
-            "replica": np.full(n.size, self.index, dtype=np.int64),
+            "replica": np.full(total, self.index, dtype=np.int64),
             "start_at": starts,
             "duration_s": durations,
             "num_seqs": n,
@@ -273,8 +279,9 @@ class Replica:
             "num_prefill_seqs": zeros,
             "num_decode_seqs": n,
             "num_decode_tokens": n,
-            "kv_blocks_used": np.concatenate([r.kv_used for r in records]),
-            "kv_blocks_total": np.full(n.size, self.kv.num_blocks, dtype=np.int64),
+            "num_output_tokens": n,
+            "kv_blocks_used": kv_used,
+            "kv_blocks_total": np.full(total, self.kv.num_blocks, dtype=np.int64),
             "num_waiting": waiting,
             "num_preempted": zeros,
         }
@@ -283,8 +290,11 @@ class Replica:
         """All step rows of this replica as columns, in time order."""
         parts = []
         if self.rows:
-            columns = map(np.asarray, zip(*self.rows, strict=True))
-            parts.append(dict(zip(STEP_COLUMNS, columns, strict=True)))
+            table = np.asarray(self.rows, dtype=np.float64)  # exact: counts are far below 2**53
+            cols = {c: table[:, i] for i, c in enumerate(STEP_COLUMNS)}
+            parts.append(
+                {c: v if c in FLOAT_COLUMNS else v.astype(np.int64) for c, v in cols.items()}
+            )
         stretches = self._expand_stretches()
         if stretches is not None:
             parts.append(stretches)

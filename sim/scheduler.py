@@ -13,14 +13,14 @@ All of them advance one token per step, so with a step counter `g` a decoding re
 context is `c0 + (g - g0)`; the group keeps Σ(c0 - g0) (so Σ context = K + n·g), a heap of
 finishing steps, and a histogram of `(c0 - g0) mod block_size` (a request needs a new block
 exactly when its context is a multiple of the block size). A stretch of pure-decode steps
-is then planned with a few array operations (`plan_stretch`).
+is then planned in O(1) (`plan_stretch`).
 """
 
 from __future__ import annotations
 
 import heapq
 from collections import deque
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -30,17 +30,18 @@ from sim.request import Request
 from sim.step_time import StepShape
 
 I64 = np.int64
-SHORT_STRETCH = 48  # up to this many steps, plan with Python ints (cheaper than numpy calls)
-Counts = list[int] | np.ndarray
 
 
 def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-@dataclass(frozen=True)
-class StepPlan:
-    """One step's batch: the decode group plus prefill chunks (request, tokens)."""
+class StepPlan(NamedTuple):
+    """One step's batch: the decode group plus prefill chunks (request, tokens).
+
+    (NamedTuples, not frozen dataclasses, for the per-step values: they are as immutable
+    and several times cheaper to create.)
+    """
 
     shape: StepShape
     chunks: tuple[tuple[Request, int], ...]  # prefilling requests and their tokens
@@ -56,16 +57,29 @@ class StepPlan:
         return self.num_decode_seqs + len(self.chunks)
 
 
-@dataclass(frozen=True)
-class Stretch:
-    """`num_steps` pure-decode steps planned at once (every context grows by one a step)."""
+class Stretch(NamedTuple):
+    """`num_steps` pure-decode steps planned at once (every context grows by one a step).
+
+    Step s (0-based) has T = S = num_seqs, reads read0 + n·s KV tokens and attends
+    read0 + n·(s + 1) pairs; `phase` (the decode group by (c0 - g0) mod block size, fixed
+    during the stretch) says how many blocks each step adds.
+    """
 
     num_steps: int
-    pairs: Counts  # per step: Σ attended context
-    read: Counts  # per step: Σ KV tokens read
-    pairs_w: Counts  # same, capped at the sliding window
-    read_w: Counts
-    new_blocks: Counts  # per step: blocks added after step 0 (cumulative)
+    num_seqs: int
+    read0: int
+    g0: int  # step counter at step 0
+    block_size: int
+    phase: tuple[int, ...]
+    pairs_w: tuple[int, ...] | None = None  # per step, sliding-window models only
+    read_w: tuple[int, ...] | None = None
+
+    def extra_blocks(self, steps: int) -> int:
+        """Blocks steps 1 .. steps-1 add (step 0's were allocated when it was scheduled)."""
+        bs, g0, phase = self.block_size, self.g0, self.phase
+        full, rest = divmod(steps - 1, bs)
+        first = full * bs + 1
+        return full * self.num_seqs + sum(phase[-(g0 + t) % bs] for t in range(first, first + rest))
 
 
 class Scheduler:
@@ -87,7 +101,7 @@ class Scheduler:
         self.g = 0  # steps taken
         self.n_dec = 0  # decoding requests
         self.k_dec = 0  # Σ (c0 - g0) over decoding requests
-        self.phase = np.zeros(self.bs, I64)  # decoding requests by (c0 - g0) mod bs
+        self.phase = [0] * self.bs  # decoding requests by (c0 - g0) mod bs
         self.ends: list[tuple[int, int, Request]] = []  # (end step, life, request) heap
         self.young: list[Request] = []  # decoding requests with context < window
         self.lives = 0  # stamps decode-group memberships (lazy heap deletion)
@@ -171,7 +185,7 @@ class Scheduler:
         preempted = 0
         while True:
             budget = e.max_num_batched_tokens - self.n_dec
-            need_blocks = int(self.phase[-self.g % bs]) if self.n_dec else 0
+            need_blocks = self.phase[-self.g % bs] if self.n_dec else 0
             chunks: list[tuple[Request, int]] = []
             for r in self.prefilling:
                 q = min(r.input_tokens + r.num_output_done - r.computed, budget)
@@ -257,57 +271,35 @@ class Scheduler:
         return not self.waiting and len(self.running) < self.engine.max_num_seqs
 
     def next_finish_step(self) -> int:
-        """The step counter at which the first decoding request finishes."""
-        while self.ends and self.ends[0][1] != self.ends[0][2].life:
-            heapq.heappop(self.ends)
-        return self.ends[0][0]
+        """The step counter at which the first decoding request finishes (none: -1)."""
+        ends = self.ends
+        while ends and ends[0][1] != ends[0][2].life:  # drop entries of preempted requests
+            heapq.heappop(ends)
+        return ends[0][0] if ends else -1
 
     def plan_stretch(self, plan: StepPlan, max_steps: int) -> Stretch:
         """Extend a pure-decode step into as many identical steps as nothing interrupts.
 
         Call right after `schedule` returned `plan` (step 0's blocks are allocated). The
         stretch stops at the first completion (the step emitting someone's last token) and
-        before KV blocks would run out. Short stretches are planned with Python integers,
-        long ones with numpy; both give the same numbers.
+        before KV blocks would run out.
         """
+        n, bs = self.n_dec, self.bs
         steps = max(1, min(self.next_finish_step() - self.g, max_steps))
-        if steps <= SHORT_STRETCH:
-            return self._plan_short(plan, steps)
-        return self._plan_long(plan, steps)
-
-    def _plan_short(self, plan: StepPlan, steps: int) -> Stretch:
-        n, g, bs, phase = self.n_dec, self.g, self.bs, self.phase
-        extra, total, free = [0], 0, self.kv.num_free
-        for s in range(1, steps):
-            total += int(phase[-(g + s) % bs])
-            if total > free:
-                steps = s
-                break
-            extra.append(total)
-        read0 = plan.shape.kv_read_tokens
-        read = [read0 + n * s for s in range(steps)]
-        pairs = [r + n for r in read]
+        stretch = Stretch(steps, n, plan.shape.kv_read_tokens, self.g, bs, tuple(self.phase))
+        free = self.kv.num_free
+        if n * ceil_div(steps - 1, bs) > free:  # blocks might run out: find the last step that fits
+            lo, hi = 1, steps  # extra_blocks(lo) <= free always (step 0 is allocated)
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                lo, hi = (mid, hi) if stretch.extra_blocks(mid) <= free else (lo, mid - 1)
+            stretch = stretch._replace(num_steps=lo)
         if self.window:
-            pairs_w, read_w = self._window_stretch(np.arange(steps, dtype=I64))
-            return Stretch(steps, pairs, read, pairs_w.tolist(), read_w.tolist(), extra)
-        zeros = [0] * steps
-        return Stretch(steps, pairs, read, zeros, zeros, extra)
-
-    def _plan_long(self, plan: StepPlan, steps: int) -> Stretch:
-        n, g, bs = self.n_dec, self.g, self.bs
-        s = np.arange(steps, dtype=I64)
-        extra = np.cumsum(self.phase[(-(g + s)) % bs])
-        extra -= extra[0]  # blocks for steps 1..s (step 0 is already allocated)
-        fits = int(np.searchsorted(extra, self.kv.num_free, side="right"))
-        steps = min(steps, fits)
-        s = s[:steps]
-        read = plan.shape.kv_read_tokens + n * s
-        pairs = read + n
-        if self.window:
-            pairs_w, read_w = self._window_stretch(s)
-        else:
-            pairs_w = read_w = np.zeros(steps, I64)
-        return Stretch(steps, pairs, read, pairs_w, read_w, extra[:steps])
+            pairs_w, read_w = self._window_stretch(np.arange(stretch.num_steps, dtype=I64))
+            stretch = stretch._replace(
+                pairs_w=tuple(pairs_w.tolist()), read_w=tuple(read_w.tolist())
+            )
+        return stretch
 
     def _window_stretch(self, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per step: Σ min(c_j + s + 1, w) (pairs) and Σ min(c_j + s, w) (read)."""
@@ -331,7 +323,7 @@ class Scheduler:
         self, stretch: Stretch, steps: int, first_end_at: float, end_at: float
     ) -> list[Request]:
         """Apply the first `steps` steps of a stretch (step 0 was planned by `schedule`)."""
-        self.kv.allocate(int(stretch.new_blocks[steps - 1]))
+        self.kv.allocate(stretch.extra_blocks(steps))
         return self._advance(steps, first_end_at, end_at, ())
 
     def _advance(
@@ -343,7 +335,7 @@ class Scheduler:
     ) -> list[Request]:
         self.g += steps
         finished: list[Request] = []
-        while self.ends and self.next_finish_step() <= self.g:
+        while 0 <= self.next_finish_step() <= self.g:
             _, _, r = heapq.heappop(self.ends)
             self._leave_decode(r)
             r.num_output_done = r.output_tokens

@@ -24,16 +24,14 @@ the same floating-point operations as stepping one at a time.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Protocol, overload
+from typing import Any, NamedTuple, Protocol, overload
 
 import numpy as np
 
 from sim.plan import CostParams
 
 
-@dataclass(frozen=True)
-class StepShape:
+class StepShape(NamedTuple):
     """Sufficient statistics of one engine step's batch."""
 
     num_tokens: int  # T: tokens processed (prefill chunk tokens + decode tokens)
@@ -45,9 +43,17 @@ class StepShape:
 
 
 class StepTimeModel(Protocol):
-    """What a replica needs: the roofline below, or a measured table behind the same calls."""
+    """What a replica needs: the roofline below, or a measured table behind the same calls.
+
+    `decode_seconds` must equal `token_seconds(n, n) + attention_seconds(n, r + n, r, 0, 0)`
+    for each step's r = read0 + n·s, bit for bit (it exists to make stretches cheap).
+    """
 
     def token_seconds(self, num_tokens: int, num_samples: int) -> float: ...
+
+    def decode_seconds(
+        self, fixed_s: float, num_seqs: int, read0: int, steps: int
+    ) -> list[float]: ...
 
     @overload
     def attention_seconds(
@@ -121,6 +127,22 @@ class Roofline:
         kv = p.kv_bytes_per_token * (read + num_tokens)
         kv = kv + p.kv_bytes_per_token_window * (read_w + num_tokens)
         return mx(flops / p.attn_rate_flops_per_s, kv / p.hbm_bytes_per_s)
+
+    def decode_seconds(self, fixed_s: float, num_seqs: int, read0: int, steps: int) -> list[float]:
+        """Durations of `steps` pure-decode steps of `num_seqs` sequences (no sliding window).
+
+        Step s reads r = read0 + n·s KV tokens and attends r + n pairs; this is
+        fixed_s + attention_seconds(n, r + n, r, 0, 0) with the same float operations
+        (the window terms add exact zeros), in one comprehension instead of n calls.
+        """
+        p = self.p
+        fpp, rate = p.attn_flops_per_pair, p.attn_rate_flops_per_s
+        kvb, bw = p.kv_bytes_per_token, p.hbm_bytes_per_s
+        n = num_seqs
+        first = read0 + n
+        return [
+            fixed_s + max(fpp * x / rate, kvb * x / bw) for x in range(first, first + n * steps, n)
+        ]
 
     def step_seconds(self, shape: StepShape) -> float:
         return self.token_seconds(shape.num_tokens, shape.num_samples) + self.attention_seconds(

@@ -1,0 +1,141 @@
+"""The engine loop: exact single-request timelines, chunking, stretches equal stepping."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from sim.request import Request
+from tests.factories import LinearStepModel, plan, run_requests
+
+
+def test_single_request_timeline_by_hand() -> None:
+    # a step costs 10 ms + 0.01 ms per token: prefill of 1000 tokens = 20 ms, decode = 10.01 ms
+    model = LinearStepModel(0.010, 0.00001)
+    r = Request(0, 0.5, input_tokens=1000, output_tokens=5)
+    replica = run_requests(plan(), model, [r])
+    prefill = 0.010 + 0.00001 * 1000
+    decode = 0.010 + 0.00001 * 1
+    t = 0.5 + prefill
+    assert r.first_token_at == t  # TTFT = the prefill step
+    for _ in range(4):  # E2E = prefill + (n - 1) decode steps
+        t = t + decode
+    assert r.finished_at == t
+    assert r.first_scheduled_at == 0.5
+    assert r.status == "finished" and r.num_output_done == 5
+    steps = pd.DataFrame(replica.step_columns())
+    assert list(steps["num_tokens"]) == [1000, 1, 1, 1, 1]
+    assert list(steps["num_prefill_tokens"]) == [1000, 0, 0, 0, 0]
+    assert replica.kv.num_free == replica.kv.num_blocks
+
+
+def test_chunked_prefill_splits_a_long_prompt_at_the_budget() -> None:
+    model = LinearStepModel(0.001, 0.0)
+    r = Request(0, 0.0, input_tokens=2500, output_tokens=2)
+    replica = run_requests(plan(max_num_batched_tokens=1024, max_num_seqs=8), model, [r])
+    steps = pd.DataFrame(replica.step_columns())
+    assert list(steps["num_tokens"]) == [1024, 1024, 452, 1]
+    # the first token comes with the step that finishes the prompt (the third)
+    assert r.first_token_at == ((0.001 + 0.001) + 0.001)
+    assert r.finished_at == r.first_token_at + 0.001
+
+
+def test_single_request_output_of_one_token_finishes_at_prefill() -> None:
+    r = Request(0, 0.0, input_tokens=64, output_tokens=1)
+    run_requests(plan(), LinearStepModel(0.004), [r])
+    assert r.first_token_at == r.finished_at == 0.004
+
+
+def test_decode_first_then_admission_and_token_budget() -> None:
+    # two requests arrive together; budget 100 tokens: request 0's 60 + 40 of request 1
+    a = Request(0, 0.0, input_tokens=60, output_tokens=3)
+    b = Request(1, 0.0, input_tokens=70, output_tokens=3)
+    replica = run_requests(
+        plan(max_num_batched_tokens=100, max_num_seqs=4), LinearStepModel(0.01), [a, b]
+    )
+    steps = pd.DataFrame(replica.step_columns())
+    # step 1: a=60, b=40; step 2: a decodes (1) first, then b's remaining 30
+    assert list(steps["num_tokens"][:2]) == [100, 31]
+    assert list(steps["num_decode_seqs"][:2]) == [0, 1]
+    assert a.first_token_at == 0.01 and b.first_token_at == 0.01 + 0.01
+
+
+def test_max_num_seqs_queues_the_rest() -> None:
+    reqs = [Request(i, 0.0, input_tokens=10, output_tokens=4) for i in range(3)]
+    run_requests(plan(max_num_seqs=2), LinearStepModel(0.01), reqs)
+    # the third waits until one of the first two finishes (after 4 steps)
+    assert reqs[2].first_scheduled_at == pytest.approx(0.04)
+    assert reqs[0].finished_at == pytest.approx(0.04)
+
+
+def test_preemption_recomputes_and_frees_every_block() -> None:
+    # 8 blocks of 16 tokens = 128 tokens; two requests of 48 + 60 outputs cannot both finish
+    p = plan(block_size=16, max_num_seqs=4)
+    reqs = [Request(0, 0.0, 48, 60), Request(1, 0.0, 48, 60)]
+    replica = run_with_blocks(p, reqs, num_blocks=8)
+    assert sum(r.num_preemptions for r in reqs) >= 1
+    assert all(r.status == "finished" and r.num_output_done == 60 for r in reqs)
+    assert replica.kv.num_free == replica.kv.num_blocks == 8
+    steps = pd.DataFrame(replica.step_columns())
+    assert steps["num_preempted"].sum() == sum(r.num_preemptions for r in reqs)
+    assert steps["kv_blocks_used"].max() <= 8
+
+
+def run_with_blocks(p, reqs, num_blocks: int):  # type: ignore[no-untyped-def]
+    import simpy
+
+    from sim.kv_cache import KVCache
+    from sim.replica import Replica
+    from sim.scheduler import Scheduler
+
+    env = simpy.Environment()
+    replica = Replica(env, 0, p, LinearStepModel(0.01))
+    replica.kv = KVCache(num_blocks, p.engine.block_size)
+    replica.scheduler = Scheduler(p.engine, replica.kv)
+    for r in reqs:
+        replica.submit(r)
+    env.run()
+    return replica
+
+
+@pytest.mark.parametrize("model", ["Llama-3.1-8B", "gpt-oss-120b", "Qwen3-30B-A3B"])
+def test_stretches_give_exactly_the_numbers_of_stepping(model: str) -> None:
+    from sim.simulate import simulate
+    from tests.factories import small_config
+
+    def run(fast: bool):  # type: ignore[no-untyped-def]
+        return simulate(small_config(model=type(small_config().model)(model), fast_forward=fast))
+
+    a, b = run(True), run(False)
+    assert len(a.steps) > 500
+    pd.testing.assert_frame_equal(a.requests, b.requests, check_exact=True)
+    pd.testing.assert_frame_equal(a.steps, b.steps, check_exact=True)
+
+
+def test_stretches_equal_stepping_under_preemption() -> None:
+    from sim.config import EngineConfig
+    from sim.simulate import simulate
+    from tests.factories import small_config
+
+    engine = EngineConfig(gpu_memory_utilization=0.26, max_num_seqs=256)
+
+    def run(fast: bool):  # type: ignore[no-untyped-def]
+        return simulate(small_config(engine=engine, fast_forward=fast))
+
+    a, b = run(True), run(False)
+    assert a.requests["num_preemptions"].sum() > 0
+    pd.testing.assert_frame_equal(a.requests, b.requests, check_exact=True)
+    pd.testing.assert_frame_equal(a.steps, b.steps, check_exact=True)
+
+
+def test_an_arrival_cuts_a_stretch_at_the_next_step_boundary() -> None:
+    # request 0 decodes alone in 10 ms steps; request 1 arrives at 25 ms, mid step 3
+    model = LinearStepModel(0.010)
+    a = Request(0, 0.0, input_tokens=10, output_tokens=50)
+    b = Request(1, 0.025, input_tokens=10, output_tokens=2)
+    run_requests(plan(), model, [a, b])
+    assert b.first_scheduled_at == pytest.approx(0.030)
+    assert b.first_token_at == pytest.approx(0.040)
+    assert math.isclose(a.finished_at, 0.5, rel_tol=1e-12)

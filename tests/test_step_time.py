@@ -1,0 +1,98 @@
+"""Roofline numbers for a known case, computed by hand from the published configs."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from sim.plan import cost_params, memory_plan
+from sim.step_time import Roofline, StepShape
+from tests.factories import plan
+
+# Llama-3.1-8B (config.json): hidden 4096, 32 layers, 32 heads, 8 KV heads, head_dim 128,
+# intermediate 14336, vocab 128256, untied embeddings.
+H, L, INTER, V = 4096, 32, 14336, 128256
+ATTN = L * (2 * H * H + 2 * H * 1024)  # q, o: 4096x4096; k, v: 4096x1024
+MLP = L * 3 * H * INTER
+NORMS = L * 2 * H + H
+# H100-SXM profile: 989.4 TFLOP/s bf16 dense at 80.3 %, 3.35 TB/s at 88.7 %.
+RATE = 989.4e12 * 0.803
+BW = 3.35e12 * 0.887
+
+
+def test_parameter_counts_by_hand() -> None:
+    p = plan().model.params
+    assert p.attention == ATTN == 1_342_177_280
+    assert p.dense_mlp == MLP == 5_637_144_576
+    assert p.embedding == p.lm_head == H * V
+    assert p.norms == NORMS
+
+
+def test_decode_step_of_one_sequence_by_hand() -> None:
+    model = Roofline(cost_params(plan()))
+    # one sequence with 1000 tokens of context decodes its 1001st token
+    t = model.step_seconds(StepShape(1, 1, 1001, 1000))
+    gemm = max(2 * (ATTN + MLP) * 1 / RATE, (ATTN + MLP + NORMS) * 2 / BW)
+    lm_head = max(2 * H * V * 1 / RATE, H * V * 2 / BW)
+    act = L * (12 * H + 3 * INTER) * 2 * 1 / BW
+    kv_per_token = 2 * L * 8 * 128 * 2  # 131,072 bytes
+    attn = max(4 * 32 * 128 * L * 1001 / (RATE * 0.5), kv_per_token * (1000 + 1) / BW)
+    assert t == pytest.approx(gemm + lm_head + act + attn, rel=1e-12)
+    assert t == pytest.approx(5.097e-3, rel=1e-3)  # ~5.1 ms: reading 15 GB of weights
+
+
+def test_prefill_step_of_2048_tokens_by_hand() -> None:
+    model = Roofline(cost_params(plan()))
+    q = 2048
+    pairs = q * (q + 1) // 2
+    t = model.step_seconds(StepShape(q, 1, pairs, 0))
+    gemm = max(2 * (ATTN + MLP) * q / RATE, (ATTN + MLP + NORMS) * 2 / BW)
+    lm_head = max(2 * H * V / RATE, H * V * 2 / BW)
+    act = L * (12 * H + 3 * INTER) * 2 * q / BW
+    attn = max(4 * 32 * 128 * L * pairs / (RATE * 0.5), 131072 * q / BW)
+    assert t == pytest.approx(gemm + lm_head + act + attn, rel=1e-12)
+    assert gemm == 2 * (ATTN + MLP) * q / RATE  # compute-bound at this size
+
+
+def test_tensor_parallel_all_reduce_by_hand() -> None:
+    p = plan("Llama-3.1-70B", tp=4)
+    c = cost_params(p)
+    assert c.allreduce_count == 2 * 80
+    # H100: 40.1 us latency, 450 GB/s unidirectional NVLink at 97.1 %; ring moves 2(n-1)/n
+    per = 40.1e-6 + 32 * 8192 * 2 / (450e9 * 0.971 / (2 * 3 / 4))
+    only_ar = Roofline(c).token_seconds(32, 32) - Roofline(
+        dataclasses.replace(c, allreduce_count=0)
+    ).token_seconds(32, 32)
+    assert only_ar == pytest.approx(160 * per, rel=1e-12)
+
+
+def test_moe_touches_experts_by_expected_count() -> None:
+    c = cost_params(plan("Qwen3-30B-A3B"))
+    model = Roofline(c)
+    assert model.experts_touched(1) == pytest.approx(8)
+    assert model.experts_touched(10_000) == pytest.approx(128)
+    assert model.experts_touched(16) == pytest.approx(128 * (1 - (1 - 8 / 128) ** 16))
+
+
+def test_vector_attention_equals_scalar_attention() -> None:
+    model = Roofline(cost_params(plan("gpt-oss-120b", tp=2)))
+    pairs = np.array([1000, 5000, 123457])
+    read = pairs - 7
+    vec = model.attention_seconds(7, pairs, read, pairs // 3, read // 3)
+    for i in range(3):
+        scalar = model.attention_seconds(
+            7, int(pairs[i]), int(read[i]), int(pairs[i] // 3), int(read[i] // 3)
+        )
+        assert vec[i] == scalar
+
+
+def test_kv_blocks_from_memory_left_after_weights() -> None:
+    p = plan(gpu_memory_utilization=0.9, max_num_batched_tokens=8192, max_num_seqs=256)
+    mem = memory_plan(p)
+    weights = (2 * H * V + ATTN + MLP + NORMS) * 2
+    workspace = 8192 * (4 * H + 3 * INTER) * 2 + 256 * V * 4 + 1.5e9
+    kv = 80e9 * 0.9 - weights - workspace
+    assert mem.weight_bytes_per_gpu == weights
+    assert mem.num_blocks == int(kv // (131072 * 16))
