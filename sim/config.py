@@ -52,8 +52,25 @@ class LengthConfig:
 
 
 @dataclass
+class SessionsConfig:
+    """Multi-turn chat sessions with shared system prompts (kind=sessions; sim.trace.sessions)."""
+
+    num_sessions: int = 200
+    turns: LengthConfig = field(default_factory=lambda: LengthConfig("uniform", low=1, high=8))
+    system_prompt_tokens: int = 2000
+    num_system_prompts: int = 4
+    user_tokens: LengthConfig = field(
+        default_factory=lambda: LengthConfig("uniform", low=50, high=300)
+    )
+    think_time_s: float = 20.0  # mean gap between a session's turns
+    session_rate_per_s: float = 1.0  # new sessions per second (Poisson)
+    hash_block_tokens: int = 16
+    stable_prefix_first: bool = True  # False: a unique token first, so nothing is shareable
+
+
+@dataclass
 class WorkloadConfig:
-    kind: str = "trace"  # trace | synthetic
+    kind: str = "trace"  # trace | synthetic | sessions
     trace: str = "azure_conv"  # a bundled trace name or a file path (kind=trace)
     start_s: float = 0.0  # time window of the trace to replay
     end_s: float | None = None
@@ -67,6 +84,7 @@ class WorkloadConfig:
     input: LengthConfig = field(default_factory=LengthConfig)
     output: LengthConfig = field(default_factory=lambda: LengthConfig(value=128))
     lengths_file: str = ""  # empirical (input, output) pairs: bundled name or path
+    sessions: SessionsConfig = field(default_factory=SessionsConfig)  # kind=sessions
 
 
 @dataclass

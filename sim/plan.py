@@ -46,6 +46,8 @@ class ReplicaPlan:
     expert_format: str = "bf16"  # routed-expert weights
     activation_format: str = "bf16"  # GEMM compute precision
     kv_format: str = "bf16"
+    prefix_caching: bool = False  # index full prompt blocks by prefix (technique prefix_caching)
+    kv_blocks_override: int = 0  # > 0: this many KV blocks regardless of memory (what-if)
     notes: tuple[str, ...] = field(default=())  # what techniques changed, for the summary
 
 
@@ -137,6 +139,8 @@ def memory_plan(plan: ReplicaPlan) -> MemoryPlan:
             f"gpu_memory_utilization {e.gpu_memory_utilization}); raise cluster.tp, use a "
             f"larger GPU, or quantize the weights (technique=[quantization])"
         )
+    if plan.kv_blocks_override > 0:
+        num_blocks = plan.kv_blocks_override
     return MemoryPlan(weights, work, kv_tok, kv_capacity, num_blocks, e.block_size)
 
 

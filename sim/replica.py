@@ -73,7 +73,7 @@ class Replica:
         self.plan = plan
         self.memory = memory_plan(plan)
         self.max_len = max_model_len(plan)
-        self.kv = KVCache(self.memory.num_blocks, self.memory.block_size)
+        self.kv = KVCache(self.memory.num_blocks, self.memory.block_size, plan.prefix_caching)
         self.scheduler = Scheduler(plan.engine, self.kv, plan.model.sliding_window)
         self.step_model = step_model
         self.max_stretch_steps = max(1, max_stretch_steps)

@@ -7,6 +7,7 @@ While a request decodes, its context is derived from the engine's step counter
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable
 
 NAN = math.nan
 
@@ -16,6 +17,7 @@ class Request:
 
     __slots__ = (
         "arrival_at",
+        "block_keys",
         "c0",
         "cached_tokens",
         "computed",
@@ -24,6 +26,8 @@ class Request:
         "first_scheduled_at",
         "first_token_at",
         "g0",
+        "hash_block_tokens",
+        "held_keys",
         "input_tokens",
         "life",
         "num_output_done",
@@ -31,6 +35,7 @@ class Request:
         "output_tokens",
         "prefix_hashes",
         "reason",
+        "registered",
         "replica",
         "request_id",
         "session_id",
@@ -45,13 +50,15 @@ class Request:
         output_tokens: int,
         session_id: int = -1,
         prefix_hashes: tuple[int, ...] | None = None,
+        hash_block_tokens: int = 0,
     ) -> None:
         self.request_id = request_id
         self.arrival_at = arrival_at
         self.input_tokens = input_tokens
         self.output_tokens = output_tokens
         self.session_id = session_id
-        self.prefix_hashes = prefix_hashes
+        self.prefix_hashes = prefix_hashes  # prefix-chained ids, one per hash block
+        self.hash_block_tokens = hash_block_tokens  # tokens per hash id
         self.replica = -1
         self.first_scheduled_at = NAN
         self.first_token_at = NAN
@@ -67,6 +74,10 @@ class Request:
         self.c0 = 0  # context when it joined the decode group
         self.g0 = 0  # the engine's step counter then
         self.life = 0  # decode-group membership stamp (0 = not decoding)
+        # prefix caching (engine block keys, keys it holds references on, blocks indexed)
+        self.block_keys: list[Hashable] | None = None
+        self.held_keys: list[Hashable] = []
+        self.registered = 0
 
     def reject(self, reason: str) -> None:
         """Record that the request will never be served, and why."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
+from collections.abc import Hashable
 from typing import NamedTuple
 
 import numpy as np
@@ -151,8 +152,8 @@ class Scheduler:
             self.young.remove(r)
 
     # -- admission and preemption -------------------------------------------------------------
-    def _admit(self, r: Request, now: float) -> None:
-        r.computed = 0
+    def _admit(self, r: Request, now: float, cached_tokens: int) -> None:
+        r.computed = cached_tokens
         self.running.append(r)
         self.prefilling.append(r)
         if r.first_scheduled_at != r.first_scheduled_at:  # NaN: first admission
@@ -167,16 +168,57 @@ class Scheduler:
             r.num_output_done = r.output_tokens - (end - self.g)
         else:
             self.prefilling.remove(r)
-        self.kv.free(ceil_div(r.computed, self.bs))
+        self._release(r)
         r.computed = 0
         r.num_preemptions += 1
         self.waiting.appendleft(r)
+
+    def _release(self, r: Request) -> None:
+        """Give back a request's blocks: indexed units stay cached, the rest are freed."""
+        held = r.held_keys
+        if held:
+            self.kv.release(held)
+            r.held_keys = []
+        r.registered = 0
+        self.kv.free(ceil_div(r.computed, self.bs) - len(held) * self.kv.unit_blocks)
+
+    def _block_keys(self, r: Request) -> list[Hashable]:
+        """Prefix keys of the prompt's full cache units.
+
+        With hash blocks of H tokens a multiple of the engine block size B, a unit is one
+        hash block (H/B engine blocks) and its key is the hash id, which names the whole
+        prefix up to it. Otherwise a unit is one engine block, named by the hash id covering
+        its last token together with its index.
+        """
+        if r.block_keys is None:
+            ids, per, bs, kv = r.prefix_hashes or (), r.hash_block_tokens, self.bs, self.kv
+            unit = per // bs if per >= bs and per % bs == 0 else 1
+            if kv.unit_blocks != unit:
+                if kv.refs:
+                    raise ValueError("requests with different prefix-hash granularities")
+                kv.unit_blocks = unit
+            if unit > 1:
+                r.block_keys = list(ids[: r.input_tokens // per])
+            else:
+                full = min(r.input_tokens // bs, len(ids) * per // bs)
+                r.block_keys = [(ids[((j + 1) * bs - 1) // per], j) for j in range(full)]
+        return r.block_keys
 
     def _end_step(self, r: Request) -> int:
         for end, life, _ in self.ends:
             if life == r.life:
                 return end
         raise RuntimeError(f"{r} missing from the finish heap")
+
+    def _register(self, r: Request) -> None:
+        """Index the prompt blocks a prefill chunk completed (prefix caching)."""
+        keys = r.block_keys or []
+        full = min(r.computed // (self.bs * self.kv.unit_blocks), len(keys))
+        kv = self.kv
+        for j in range(r.registered, full):
+            if kv.register(keys[j]):
+                r.held_keys.append(keys[j])
+        r.registered = max(r.registered, full)
 
     # -- one step ----------------------------------------------------------------------------
     def schedule(self, now: float) -> StepPlan:
@@ -210,14 +252,27 @@ class Scheduler:
         while self.waiting and budget > 0 and len(self.running) < e.max_num_seqs:
             r = self.waiting[0]
             tokens = r.input_tokens + r.num_output_done
-            if not e.enable_chunked_prefill and tokens > budget:
+            hits = idle = 0
+            if kv.prefix_caching and r.prefix_hashes:
+                # at least the last prompt token is computed, to produce the next token
+                keys = self._block_keys(r)
+                hits, idle = kv.match(keys, (tokens - 1) // (bs * kv.unit_blocks))
+            cached = hits * kv.unit_blocks * bs
+            todo = tokens - cached
+            if not e.enable_chunked_prefill and todo > budget:
                 break
-            q = min(tokens, budget)
-            blocks = ceil_div(q, bs)
-            if blocks > kv.num_free:
+            q = min(todo, budget)
+            blocks = ceil_div(cached + q, bs) - hits * kv.unit_blocks
+            if blocks + idle * kv.unit_blocks > kv.num_free:
                 break
             self.waiting.popleft()
-            self._admit(r, now)
+            if hits:
+                kv.acquire(keys[:hits])
+                r.held_keys = keys[:hits]
+                r.registered = hits
+            if r.first_scheduled_at != r.first_scheduled_at:  # NaN: first admission
+                r.cached_tokens = cached
+            self._admit(r, now, cached)
             kv.allocate(blocks)
             chunks.append((r, q))
             budget -= q
@@ -344,6 +399,8 @@ class Scheduler:
             self.young = [r for r in self.young if self._context(r) < self.window]
         for r, q in chunks:
             r.computed += q
+            if r.block_keys:
+                self._register(r)
             if r.computed < r.input_tokens + r.num_output_done:
                 continue
             self.prefilling.remove(r)
@@ -356,7 +413,7 @@ class Scheduler:
             else:
                 finished.append(r)
         for r in finished:
-            self.kv.free(ceil_div(r.computed, self.bs))
+            self._release(r)
             self.running.remove(r)
             r.finished_at = end_at
             r.status = "finished"

@@ -32,6 +32,7 @@ from sim.trace import (
     Trace,
     bundled,
     load_trace,
+    sessions,
     synthetic,
 )
 
@@ -95,8 +96,23 @@ def build_trace(cfg: WorkloadConfig, rng: np.random.Generator) -> Trace:
                 input_dist=_length_dist(cfg.input, "input"),
                 output_dist=_length_dist(cfg.output, "output"),
             )
+    elif cfg.kind == "sessions":
+        sc = cfg.sessions
+        trace = sessions(
+            sc.num_sessions,
+            _length_dist(sc.turns, "sessions.turns"),
+            rng,
+            system_prompt_tokens=sc.system_prompt_tokens,
+            num_system_prompts=sc.num_system_prompts,
+            user_tokens=_length_dist(sc.user_tokens, "sessions.user_tokens"),
+            output_tokens=_length_dist(cfg.output, "output"),
+            think_time_s=sc.think_time_s,
+            session_rate_per_s=sc.session_rate_per_s,
+            hash_block_tokens=sc.hash_block_tokens,
+            stable_prefix_first=sc.stable_prefix_first,
+        )
     else:
-        raise ValueError(f"workload.kind={cfg.kind!r}: use trace or synthetic")
+        raise ValueError(f"workload.kind={cfg.kind!r}: use trace, synthetic or sessions")
     if cfg.rate_scale != 1.0:
         trace = trace.scale_rate(cfg.rate_scale)
     if cfg.max_requests is not None:
@@ -116,6 +132,7 @@ def make_requests(trace: Trace) -> list[Request]:
             int(trace.output_tokens[i]),
             int(trace.session_id[i]),
             hashes[i] if hashes is not None else None,
+            trace.hash_block_tokens,
         )
         for i in range(len(trace))
     ]

@@ -15,11 +15,12 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sim.plan import ReplicaPlan
-from sim.techniques import quantization
+from sim.techniques import prefix_caching, quantization
 from sim.techniques.base import Technique
 
 TECHNIQUES: dict[str, Technique] = {
     "quantization": quantization.TECHNIQUE,
+    "prefix_caching": prefix_caching.TECHNIQUE,
 }
 
 
