@@ -48,7 +48,7 @@ def write_outputs(result: SimResult, out_dir: Path, slo: SLO, plots: bool) -> st
 def describe(meta: dict[str, Any]) -> str:
     f = meta["formats"]
     lines = [
-        f"{meta['model']} on {meta['replicas']} x {meta['tp']} {meta['gpu']} "
+        f"{meta['model']} on {meta['replicas']} x {meta['layout']} {meta['gpu']} "
         f"({meta['num_gpus']} GPUs, engine {meta['engine']}); "
         f"weights {f['weights']}, activations {f['activations']}, KV {f['kv_cache']}",
         f"workload: {meta['workload']}",
@@ -79,6 +79,14 @@ def main(cfg: DictConfig) -> None:
 
 def cli() -> None:
     """Console-script entry: sub-commands first, else a Hydra run."""
+    if sys.argv[1:2] == ["validate"]:
+        from sim.validate import main as validate_main
+
+        raise SystemExit(validate_main(sys.argv[2:]))
+    if sys.argv[1:2] == ["plan"]:
+        from sim.planner import main as plan_main
+
+        raise SystemExit(plan_main(sys.argv[2:]))
     register_configs()
     main()
 

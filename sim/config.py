@@ -22,7 +22,11 @@ class ModelConfig:
 class ClusterConfig:
     replicas: int = 1  # identical replicas behind the router
     gpu: str = "H100-SXM"  # a profile in hardware_profiles/gpus (name or alias)
-    tp: int = 1  # tensor-parallel GPUs per replica
+    tp: int = 1  # tensor-parallel GPUs of attention and dense layers
+    pp: int = 1  # pipeline stages; a replica has tp x dp_attention x pp GPUs
+    ep: int = 1  # expert-parallel ranks (MoE; divides the experts and tp x dp_attention)
+    dp_attention: int = 1  # attention data-parallel groups of tp GPUs (MoE; needs ep = tp x dp)
+    ep_skew: float = 0.0  # busiest EP rank's extra expert load (0.2 = 20 % above the mean)
 
 
 @dataclass
@@ -36,6 +40,7 @@ class EngineConfig:
     max_model_len: int = 0  # 0 = the model's max_position_embeddings
     step_overhead_s: float = 0.0  # fixed CPU/launch cost per step
     runtime_reserve_bytes: float = 1.5e9  # CUDA context, NCCL buffers, graphs
+    kv_reservation: str = "incremental"  # incremental (vLLM) | full (TRT-LLM no-evict)
 
 
 @dataclass

@@ -6,6 +6,12 @@ A format knows its element bits and its scale overhead (one scale of `scale_bits
 `block_scaled` formats additionally need the GPU to list them in `block_scaled_formats`.
 `compute` is False for weight-only formats (INT4): they must be dequantized to the
 activation format before the GEMM.
+
+Bytes per element = (element_bits + scale_bits / scale_block) / 8: BF16/FP16 2, FP8/INT8 1,
+MXFP8 (8 + 8/32)/8 = 1.03125, NVFP4 (4 + 8/16)/8 = 0.5625 (the per-tensor FP32 scale is
+negligible), MXFP4 (4 + 8/32)/8 = 0.53125, INT4 (4 + 16/128)/8 = 0.515625.
+Quality notes describe the format only; the simulator invents no accuracy numbers
+(sensitivity by component: weights < activations < KV cache < attention).
 """
 
 from __future__ import annotations
@@ -35,12 +41,12 @@ FORMATS: dict[str, Format] = {
     f.name: f
     for f in (
         Format("bf16", 16, rate_key="bf16", quality_note="reference precision"),
-        Format("fp16", 16, rate_key="fp16", quality_note="reference precision"),
+        Format("fp16", 16, rate_key="fp16", quality_note="reference precision (narrower range)"),
         Format(
             "fp8",
             8,
             rate_key="fp8",
-            quality_note="E4M3 with per-tensor/per-channel scales; near-lossless for weights",
+            quality_note="E4M3 (3 mantissa bits) with per-tensor or per-channel scales",
         ),
         Format(
             "mxfp8",
@@ -49,7 +55,7 @@ FORMATS: dict[str, Format] = {
             scale_block=32,
             rate_key="fp8",
             block_scaled=True,
-            quality_note="OCP MX: E4M3 elements, one E8M0 scale per 32; near-lossless",
+            quality_note="OCP MX: E4M3 elements, one E8M0 scale per 32",
         ),
         Format(
             "nvfp4",
@@ -77,7 +83,8 @@ FORMATS: dict[str, Format] = {
             scale_block=128,
             rate_key="",
             compute=False,
-            quality_note="weight-only (AWQ/GPTQ-style, group 128, fp16 scales)",
+            quality_note="4-bit integers, one fp16 scale per 128 (AWQ/GPTQ-style groups); no "
+            "tensor-core rate, so GEMMs dequantize it (weight-only)",
         ),
     )
 }

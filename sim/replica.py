@@ -67,6 +67,8 @@ class Replica:
         *,
         max_stretch_steps: int = 4096,
         on_finish: Callable[[Request], None] | None = None,
+        draft_model: StepTimeModel | None = None,
+        rng: np.random.Generator | None = None,
     ) -> None:
         self.env = env
         self.index = index
@@ -74,8 +76,12 @@ class Replica:
         self.memory = memory_plan(plan)
         self.max_len = max_model_len(plan)
         self.kv = KVCache(self.memory.num_blocks, self.memory.block_size, plan.prefix_caching)
-        self.scheduler = Scheduler(plan.engine, self.kv, plan.model.sliding_window)
+        self.scheduler = Scheduler(
+            plan.engine, self.kv, plan.model.sliding_window, plan.speculation, rng
+        )
         self.step_model = step_model
+        self.draft_model = draft_model  # speculative drafting cost (None: free or none)
+        self._draft_s: dict[int, float] = {}
         self.max_stretch_steps = max(1, max_stretch_steps)
         self.on_finish = on_finish
         self.clock = 0.0  # end of the last step (SimPy's clock may differ by rounding)
@@ -140,6 +146,8 @@ class Replica:
             plan = sched.schedule(self.clock)
             shape = plan.shape
             fixed_s = model.token_seconds(shape.num_tokens, shape.num_samples)
+            if self.draft_model is not None and plan.num_decode_seqs:
+                fixed_s += self._drafting_s(plan.num_decode_seqs)
             if plan.pure_decode and self.max_stretch_steps > 1:
                 yield from self._stretch(plan, fixed_s)
                 continue
@@ -178,16 +186,29 @@ class Replica:
         self._record_stretch(plan, stretch, steps, start, durations, ends)
         self._finish(sched.commit_stretch(stretch, steps, float(ends[0]), self.clock))
 
+    def _drafting_s(self, num_seqs: int) -> float:
+        """k sequential draft passes over the decoding sequences (memoised by batch size)."""
+        cached = self._draft_s.get(num_seqs)
+        if cached is None:
+            assert self.draft_model is not None and self.plan.speculation is not None
+            k = self.plan.speculation.num_draft_tokens
+            cached = k * self.draft_model.token_seconds(num_seqs, num_seqs)
+            self._draft_s[num_seqs] = cached
+        return cached
+
     def _timeline(self, stretch: Stretch, fixed_s: float) -> tuple[list[float], list[float]]:
         """Per-step durations and end times; t_k = (((clock + d0) + d1) + ...) as stepping."""
-        n, read0, steps = stretch.num_seqs, stretch.read0, stretch.num_steps
-        if stretch.pairs_w is None or stretch.read_w is None:
-            durations = self.step_model.decode_seconds(fixed_s, n, read0, steps)
+        st = stretch
+        n, v, g0 = st.num_seqs, st.verify, st.g0
+        tokens, extra = n * v, n * v * (v + 1) // 2
+        contexts = [st.k_dec + st.r_dec * (g0 + s) for s in range(st.num_steps)]
+        if st.pairs_w is None or st.read_w is None:
+            durations = self.step_model.decode_seconds(fixed_s, tokens, contexts, v, extra)
         else:
             attention = self.step_model.attention_seconds
             durations = [
-                fixed_s + attention(n, read0 + n * s + n, read0 + n * s, pw, rw)
-                for s, pw, rw in zip(range(steps), stretch.pairs_w, stretch.read_w, strict=True)
+                fixed_s + attention(tokens, v * x + extra, x, pw, rw)
+                for x, pw, rw in zip(contexts, st.pairs_w, st.read_w, strict=True)
             ]
         ends = list(itertools.accumulate(durations, initial=self.clock))
         del ends[0]
@@ -210,8 +231,10 @@ class Replica:
                 plan.num_prefill_tokens,
                 len(plan.chunks),
                 plan.num_decode_seqs,
-                plan.num_decode_seqs,
-                plan.shape.num_samples,
+                plan.num_decode_tokens,
+                plan.shape.num_samples
+                - plan.num_decode_seqs * self.scheduler.verify
+                + plan.num_decode_tokens,
                 self.kv.num_used,
                 self.kv.num_blocks,
                 plan.num_waiting,
@@ -269,17 +292,22 @@ class Replica:
                 seg = starts[lo : lo + length]
                 waiting[lo : lo + length] += np.searchsorted(r.arrivals_at, seg, side="right")
         zeros = np.zeros(total, dtype=np.int64)
+        verify = np.repeat([r.stretch.verify for r in records], lengths)
+        # tokens committed per step: the group's expected count, rounded so it adds up
+        e0 = np.repeat([r.stretch.emitted0 for r in records], lengths)
+        rate = np.repeat([r.stretch.r_dec for r in records], lengths)
+        tokens = (np.round(e0 + rate * (s + 1)) - np.round(e0 + rate * s)).astype(np.int64)
         return {
             "replica": np.full(total, self.index, dtype=np.int64),
             "start_at": starts,
             "duration_s": durations,
             "num_seqs": n,
-            "num_tokens": n,
+            "num_tokens": n * verify,
             "num_prefill_tokens": zeros,
             "num_prefill_seqs": zeros,
             "num_decode_seqs": n,
-            "num_decode_tokens": n,
-            "num_output_tokens": n,
+            "num_decode_tokens": tokens,
+            "num_output_tokens": tokens,
             "kv_blocks_used": kv_used,
             "kv_blocks_total": np.full(total, self.kv.num_blocks, dtype=np.int64),
             "num_waiting": waiting,

@@ -38,8 +38,10 @@ class Request:
         "registered",
         "replica",
         "request_id",
+        "rho",
         "session_id",
         "status",
+        "table_blocks",
     )
 
     def __init__(
@@ -74,6 +76,8 @@ class Request:
         self.c0 = 0  # context when it joined the decode group
         self.g0 = 0  # the engine's step counter then
         self.life = 0  # decode-group membership stamp (0 = not decoding)
+        self.rho: float = 1  # tokens committed per decode step (speculative: its average)
+        self.table_blocks = 0  # blocks reserved at admission (full KV reservation)
         # prefix caching (engine block keys, keys it holds references on, blocks indexed)
         self.block_keys: list[Hashable] | None = None
         self.held_keys: list[Hashable] = []

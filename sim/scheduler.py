@@ -9,16 +9,27 @@ preempted, waiting requests are admitted first-come-first-served while sequences
 (`max_num_seqs`), budget and blocks allow.
 
 Decoding requests are kept as a group with O(1) aggregates instead of per-sequence loops.
-All of them advance one token per step, so with a step counter `g` a decoding request's
-context is `c0 + (g - g0)`; the group keeps Σ(c0 - g0) (so Σ context = K + n·g), a heap of
-finishing steps, and a histogram of `(c0 - g0) mod block_size` (a request needs a new block
-exactly when its context is a multiple of the block size). A stretch of pure-decode steps
-is then planned in O(1) (`plan_stretch`).
+Every decoding request advances every step, so with a step counter `g` its context is
+`c0 + rho·(g - g0)` (rho = 1 token a step; with speculative decoding, its own average
+tokens a step); the group keeps Σ(c0 - rho·g0) and Σ rho (so Σ context = K + R·g), a heap
+of finishing steps, and a histogram of `(c0 - g0) mod block_size` (a request needs a new
+block exactly when its context is a multiple of the block size). A stretch of pure-decode
+steps is then planned in O(1) (`plan_stretch`).
+
+Speculative decoding (plan.speculation): each decode step verifies k + 1 tokens per
+sequence and commits 1 + (drafts accepted). When a request starts decoding, the number of
+steps it needs for its remaining tokens is drawn once from the acceptance model (seeded;
+or set to the expected value), which fixes its finish step and its rate rho; per-step
+token counts in the step rows are the group's expected tokens, rounded so they add up.
+KV reservation: `incremental` allocates blocks as tokens are computed and preempts when
+they run out (vLLM); `full` reserves prompt + whole output (+ k lookahead) at admission
+and never preempts (TensorRT-LLM's GUARANTEED_NO_EVICT; also used with speculation).
 """
 
 from __future__ import annotations
 
 import heapq
+import math
 from collections import deque
 from collections.abc import Hashable
 from typing import NamedTuple
@@ -26,7 +37,7 @@ from typing import NamedTuple
 import numpy as np
 
 from sim.kv_cache import KVCache
-from sim.plan import EngineSpec
+from sim.plan import EngineSpec, Speculation
 from sim.request import Request
 from sim.step_time import StepShape
 
@@ -47,6 +58,7 @@ class StepPlan(NamedTuple):
     shape: StepShape
     chunks: tuple[tuple[Request, int], ...]  # prefilling requests and their tokens
     num_decode_seqs: int
+    num_decode_tokens: int  # tokens the decode group commits this step
     num_prefill_tokens: int
     num_preempted: int
     num_admitted: int
@@ -59,24 +71,32 @@ class StepPlan(NamedTuple):
 
 
 class Stretch(NamedTuple):
-    """`num_steps` pure-decode steps planned at once (every context grows by one a step).
+    """`num_steps` pure-decode steps planned at once.
 
-    Step s (0-based) has T = S = num_seqs, reads read0 + n·s KV tokens and attends
-    read0 + n·(s + 1) pairs; `phase` (the decode group by (c0 - g0) mod block size, fixed
-    during the stretch) says how many blocks each step adds.
+    Step s (0-based) runs at step counter g0 + s: the group's context is
+    k_dec + r_dec·(g0 + s) (the KV tokens read), it verifies `verify` tokens per sequence
+    (T = S = n·verify) and attends verify·context + pairs_extra pairs. `phase` (the decode
+    group by (c0 - g0) mod block size, fixed during the stretch) says how many blocks each
+    step adds under incremental reservation.
     """
 
     num_steps: int
     num_seqs: int
-    read0: int
+    k_dec: float
+    r_dec: float
     g0: int  # step counter at step 0
+    verify: int
     block_size: int
     phase: tuple[int, ...]
+    incremental: bool
+    emitted0: float  # decode tokens emitted before step 0 (expected, for the rows)
     pairs_w: tuple[int, ...] | None = None  # per step, sliding-window models only
     read_w: tuple[int, ...] | None = None
 
     def extra_blocks(self, steps: int) -> int:
         """Blocks steps 1 .. steps-1 add (step 0's were allocated when it was scheduled)."""
+        if not self.incremental:
+            return 0
         bs, g0, phase = self.block_size, self.g0, self.phase
         full, rest = divmod(steps - 1, bs)
         first = full * bs + 1
@@ -86,22 +106,42 @@ class Stretch(NamedTuple):
 class Scheduler:
     """Waiting queue, running requests (decode group + prefill list) and the KV pool."""
 
-    def __init__(self, engine: EngineSpec, kv: KVCache, window_tokens: int = 0) -> None:
-        if engine.max_num_batched_tokens < engine.max_num_seqs:
+    def __init__(
+        self,
+        engine: EngineSpec,
+        kv: KVCache,
+        window_tokens: int = 0,
+        speculation: Speculation | None = None,
+        rng: np.random.Generator | None = None,
+    ) -> None:
+        verify = 1 + (speculation.num_draft_tokens if speculation else 0)
+        if engine.max_num_batched_tokens < engine.max_num_seqs * verify:
             raise ValueError(
                 f"engine.max_num_batched_tokens ({engine.max_num_batched_tokens}) must be >= "
-                f"engine.max_num_seqs ({engine.max_num_seqs}), as vLLM requires"
+                f"engine.max_num_seqs ({engine.max_num_seqs}) x {verify} tokens verified per "
+                f"sequence, as vLLM requires"
+            )
+        if engine.kv_reservation not in ("incremental", "full"):
+            raise ValueError(
+                f"engine.kv_reservation={engine.kv_reservation!r}: use incremental or full"
             )
         self.engine = engine
         self.kv = kv
         self.bs = kv.block_size
         self.window = window_tokens
+        self.spec = speculation
+        self.verify = verify
+        self.lookahead = verify - 1
+        self.incremental = engine.kv_reservation == "incremental" and speculation is None
+        self.rng = rng if rng is not None else np.random.default_rng(0)
+        self.emitted: float = 0  # decode tokens committed so far (expected with speculation)
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []  # admission order (preemption takes the last)
         self.prefilling: list[Request] = []  # running requests still computing their prompt
         self.g = 0  # steps taken
         self.n_dec = 0  # decoding requests
-        self.k_dec = 0  # Σ (c0 - g0) over decoding requests
+        self.k_dec: float = 0  # Σ (c0 - rho·g0) over decoding requests
+        self.r_dec: float = 0  # Σ rho (tokens a step) over decoding requests
         self.phase = [0] * self.bs  # decoding requests by (c0 - g0) mod bs
         self.ends: list[tuple[int, int, Request]] = []  # (end step, life, request) heap
         self.young: list[Request] = []  # decoding requests with context < window
@@ -123,31 +163,58 @@ class Scheduler:
         self.waiting.append(request)
 
     # -- decode group bookkeeping ------------------------------------------------------------
-    def _context(self, r: Request) -> int:
+    def _context(self, r: Request) -> float:
         """Tokens whose KV exists for a running request, at the current step counter."""
         if r.decoding:
-            return r.c0 + self.g - r.g0
+            return r.c0 + r.rho * (self.g - r.g0)
         return r.computed
 
+    def _decode_steps(self, tokens: int) -> int:
+        """Steps a request needs to emit `tokens` more tokens."""
+        spec = self.spec
+        if spec is None:
+            return tokens
+        if not spec.sampled:
+            return max(1, math.ceil(tokens / spec.expected_tokens))
+        # tokens a step = 1 + #{m : u < P(at least m drafts kept)}, one uniform per step
+        survival = np.asarray(spec.survival)
+        draws = max(16, int(tokens / spec.expected_tokens * 1.5) + 8)
+        total, steps = 0, 0
+        while True:
+            per_step = 1 + (self.rng.random(draws)[:, None] < survival[None, :]).sum(axis=1)
+            cum = total + np.cumsum(per_step)
+            hit = int(np.searchsorted(cum, tokens, side="left"))
+            if hit < draws:
+                return steps + hit + 1
+            total, steps = int(cum[-1]), steps + draws
+
     def _join_decode(self, r: Request, out_left: int) -> None:
+        steps = self._decode_steps(out_left)
         r.decoding = True
         r.c0, r.g0 = r.computed, self.g
+        r.rho = 1 if self.spec is None else out_left / steps
         self.lives += 1
         r.life = self.lives
         self.n_dec += 1
-        self.k_dec += r.c0 - r.g0
-        self.phase[(r.c0 - r.g0) % self.bs] += 1
-        heapq.heappush(self.ends, (self.g + out_left, r.life, r))
+        self.k_dec += r.c0 - r.rho * r.g0
+        self.r_dec += r.rho
+        if self.incremental:
+            self.phase[(r.c0 - r.g0) % self.bs] += 1
+        heapq.heappush(self.ends, (self.g + steps, r.life, r))
         if self.window and r.c0 < self.window:
             self.young.append(r)
 
     def _leave_decode(self, r: Request) -> None:
-        r.computed = r.c0 + self.g - r.g0
+        r.computed = round(self._context(r))
         r.decoding = False
         r.life = 0  # its heap entry is now stale
         self.n_dec -= 1
-        self.k_dec -= r.c0 - r.g0
-        self.phase[(r.c0 - r.g0) % self.bs] -= 1
+        self.k_dec -= r.c0 - r.rho * r.g0
+        self.r_dec -= r.rho
+        if not self.n_dec:
+            self.k_dec = self.r_dec = 0  # no float drift across busy periods
+        if self.incremental:
+            self.phase[(r.c0 - r.g0) % self.bs] -= 1
         if r in self.young:
             self.young.remove(r)
 
@@ -180,7 +247,9 @@ class Scheduler:
             self.kv.release(held)
             r.held_keys = []
         r.registered = 0
-        self.kv.free(ceil_div(r.computed, self.bs) - len(held) * self.kv.unit_blocks)
+        table = ceil_div(r.computed, self.bs) if self.incremental else r.table_blocks
+        r.table_blocks = 0
+        self.kv.free(table - len(held) * self.kv.unit_blocks)
 
     def _block_keys(self, r: Request) -> list[Hashable]:
         """Prefix keys of the prompt's full cache units.
@@ -226,8 +295,8 @@ class Scheduler:
         e, bs, kv = self.engine, self.bs, self.kv
         preempted = 0
         while True:
-            budget = e.max_num_batched_tokens - self.n_dec
-            need_blocks = self.phase[-self.g % bs] if self.n_dec else 0
+            budget = e.max_num_batched_tokens - self.n_dec * self.verify
+            need_blocks = self.phase[-self.g % bs] if self.n_dec and self.incremental else 0
             chunks: list[tuple[Request, int]] = []
             for r in self.prefilling:
                 q = min(r.input_tokens + r.num_output_done - r.computed, budget)
@@ -235,7 +304,8 @@ class Scheduler:
                     continue
                 chunks.append((r, q))
                 budget -= q
-                need_blocks += ceil_div(r.computed + q, bs) - ceil_div(r.computed, bs)
+                if self.incremental:
+                    need_blocks += ceil_div(r.computed + q, bs) - ceil_div(r.computed, bs)
             if need_blocks <= kv.num_free or not self.running:
                 break
             self._preempt_last()
@@ -262,7 +332,11 @@ class Scheduler:
             if not e.enable_chunked_prefill and todo > budget:
                 break
             q = min(todo, budget)
-            blocks = ceil_div(cached + q, bs) - hits * kv.unit_blocks
+            if self.incremental:
+                table = ceil_div(cached + q, bs)
+            else:  # the whole sequence, plus room to verify k drafts
+                table = ceil_div(r.input_tokens + r.output_tokens + self.lookahead, bs)
+            blocks = table - hits * kv.unit_blocks
             if blocks + idle * kv.unit_blocks > kv.num_free:
                 break
             self.waiting.popleft()
@@ -273,6 +347,7 @@ class Scheduler:
             if r.first_scheduled_at != r.first_scheduled_at:  # NaN: first admission
                 r.cached_tokens = cached
             self._admit(r, now, cached)
+            r.table_blocks = table
             kv.allocate(blocks)
             chunks.append((r, q))
             budget -= q
@@ -280,9 +355,10 @@ class Scheduler:
         return admitted
 
     def _plan(self, chunks: list[tuple[Request, int]], preempted: int, admitted: int) -> StepPlan:
-        n = self.n_dec
-        ctx = self.k_dec + n * self.g  # Σ context of the decode group
-        pairs, read = ctx + n, ctx
+        n, v = self.n_dec, self.verify
+        ctx = self.k_dec + self.r_dec * self.g  # Σ context of the decode group
+        pairs, read = v * ctx + n * v * (v + 1) // 2, ctx
+        decode_tokens = round(self.emitted + self.r_dec) - round(self.emitted)
         prefill_tokens = samples = 0
         for r, q in chunks:
             c = r.computed
@@ -293,16 +369,24 @@ class Scheduler:
         pairs_w = read_w = 0
         if self.window:
             pairs_w, read_w = self._window_counts(chunks)
-        shape = StepShape(n + prefill_tokens, n + samples, pairs, read, pairs_w, read_w)
+        shape = StepShape(n * v + prefill_tokens, n * v + samples, pairs, read, pairs_w, read_w)
         pure = not chunks and not preempted and n > 0
         return StepPlan(
-            shape, tuple(chunks), n, prefill_tokens, preempted, admitted, len(self.waiting), pure
+            shape,
+            tuple(chunks),
+            n,
+            decode_tokens,
+            prefill_tokens,
+            preempted,
+            admitted,
+            len(self.waiting),
+            pure,
         )
 
     def _window_counts(self, chunks: list[tuple[Request, int]]) -> tuple[int, int]:
         """Σ attended context and KV read with every token's context capped at the window."""
         w, n = self.window, self.n_dec
-        young_ctx = [self._context(r) for r in self.young]
+        young_ctx = [round(self._context(r)) for r in self.young]
         read_w = w * (n - len(young_ctx)) + sum(young_ctx)
         pairs_w = w * (n - len(young_ctx)) + sum(min(c + 1, w) for c in young_ctx)
 
@@ -341,9 +425,20 @@ class Scheduler:
         """
         n, bs = self.n_dec, self.bs
         steps = max(1, min(self.next_finish_step() - self.g, max_steps))
-        stretch = Stretch(steps, n, plan.shape.kv_read_tokens, self.g, bs, tuple(self.phase))
+        stretch = Stretch(
+            steps,
+            n,
+            self.k_dec,
+            self.r_dec,
+            self.g,
+            self.verify,
+            bs,
+            tuple(self.phase),
+            self.incremental,
+            self.emitted,
+        )
         free = self.kv.num_free
-        if n * ceil_div(steps - 1, bs) > free:  # blocks might run out: find the last step that fits
+        if self.incremental and n * ceil_div(steps - 1, bs) > free:  # find the last step that fits
             lo, hi = 1, steps  # extra_blocks(lo) <= free always (step 0 is allocated)
             while lo < hi:
                 mid = (lo + hi + 1) // 2
@@ -359,7 +454,7 @@ class Scheduler:
     def _window_stretch(self, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per step: Σ min(c_j + s + 1, w) (pairs) and Σ min(c_j + s, w) (read)."""
         w, n = self.window, self.n_dec
-        young = np.asarray([self._context(r) for r in self.young], dtype=I64)
+        young = np.asarray([round(self._context(r)) for r in self.young], dtype=I64)
         old = w * (n - young.size)
         if not young.size:
             full = np.full(s.size, old, dtype=I64)
@@ -388,6 +483,9 @@ class Scheduler:
         end_at: float,
         chunks: tuple[tuple[Request, int], ...],
     ) -> list[Request]:
+        self.emitted = (
+            self.emitted + self.r_dec if steps == 1 else self.emitted + self.r_dec * steps
+        )
         self.g += steps
         finished: list[Request] = []
         while 0 <= self.next_finish_step() <= self.g:

@@ -245,8 +245,10 @@ def simulate(cfg: Config | DictConfig) -> SimResult:
         "model": plan.model.name,
         "gpu": plan.gpu.name,
         "tp": plan.tp,
+        "layout": plan.layout,
+        "gpus_per_replica": plan.num_gpus,
         "replicas": len(replicas),
-        "num_gpus": plan.tp * len(replicas),
+        "num_gpus": plan.num_gpus * len(replicas),
         "engine": plan.engine.name,
         "formats": {
             "weights": plan.weight_format,

@@ -9,7 +9,16 @@ A step's time is the sum of its kernel classes, each bound by compute or memory
     attention     max(F_pair·pairs / R_attn,  KV_tok·(read + T) / BW)
     other passes  A_tok·T / BW                                  norms, rotary, activation
     all-reduce    n_ar·(latency + T·h·2 / BW_ar)
+    all-to-all    n_a2a·(latency + T·a2a_tok / BW_a2a)              EP with attention DP
     overhead      fixed per step (engine preset)
+
+All constants are one GPU's share of one pipeline stage (`sim.plan.cost_params`). With EP
+the busiest rank sets the pace: the expert term sees T·(1 + skew) tokens. With pp stages
+the engine keeps m = min(pp, T) microbatches in flight and a step lasts the pipeline's
+steady-state interval (sim/plan.py explains the model):
+
+    step = pp·(stage(T/m, S/m) + send(T/m)) + attention·pp/m + overhead,
+    send(x) = latency + x·h·2 / BW_link,     bubble factor pp/m (1 when the pipe is full)
 
 T = tokens in the step; `pairs` = Σ over scheduled tokens of the context they attend to;
 `read` = KV tokens read. Expected experts touched per layer with T tokens choosing k of E
@@ -24,6 +33,7 @@ the same floating-point operations as stepping one at a time.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any, NamedTuple, Protocol, overload
 
 import numpy as np
@@ -36,8 +46,8 @@ class StepShape(NamedTuple):
 
     num_tokens: int  # T: tokens processed (prefill chunk tokens + decode tokens)
     num_samples: int  # S: sequences that produce logits this step
-    attn_pairs: int  # Σ context attended by each scheduled token (causal)
-    kv_read_tokens: int  # Σ context KV tokens read (excl. this step's new tokens)
+    attn_pairs: float  # Σ context attended by each scheduled token (causal)
+    kv_read_tokens: float  # Σ context KV tokens read (excl. this step's new tokens)
     attn_pairs_window: int = 0  # same, capped at the sliding window
     kv_read_tokens_window: int = 0
 
@@ -45,19 +55,25 @@ class StepShape(NamedTuple):
 class StepTimeModel(Protocol):
     """What a replica needs: the roofline below, or a measured table behind the same calls.
 
-    `decode_seconds` must equal `token_seconds(n, n) + attention_seconds(n, r + n, r, 0, 0)`
-    for each step's r = read0 + n·s, bit for bit (it exists to make stretches cheap).
+    `decode_seconds(fixed, T, contexts, v, c)` must equal, bit for bit,
+    `fixed + attention_seconds(T, v·x + c, x, 0, 0)` for each context x (it exists to make
+    stretches cheap).
     """
 
     def token_seconds(self, num_tokens: int, num_samples: int) -> float: ...
 
     def decode_seconds(
-        self, fixed_s: float, num_seqs: int, read0: int, steps: int
+        self,
+        fixed_s: float,
+        num_tokens: int,
+        contexts: Iterable[float],
+        verify: int,
+        pairs_extra: int,
     ) -> list[float]: ...
 
     @overload
     def attention_seconds(
-        self, num_tokens: int, pairs: int, read: int, pairs_w: int, read_w: int
+        self, num_tokens: int, pairs: float, read: float, pairs_w: int, read_w: int
     ) -> float: ...
 
     @overload
@@ -77,7 +93,7 @@ class Roofline:
     def __init__(self, params: CostParams) -> None:
         self.p = params
 
-    def experts_touched(self, num_tokens: int) -> float:
+    def experts_touched(self, num_tokens: float) -> float:
         p = self.p
         if not p.num_experts or num_tokens <= 0:
             return 0.0
@@ -87,12 +103,32 @@ class Roofline:
     def token_seconds(self, num_tokens: int, num_samples: int) -> float:
         """Every term that depends on T and S only (all but attention)."""
         p = self.p
+        if p.pp_stages == 1:
+            return self.stage_seconds(num_tokens, num_samples) + p.step_overhead_s
+        m = self.microbatches(num_tokens)
+        x = num_tokens / m
+        send = p.pp_send_latency_s + x * p.pp_send_bytes_per_token / p.pp_send_bytes_per_s
+        return p.pp_stages * (self.stage_seconds(x, num_samples / m) + send) + p.step_overhead_s
+
+    def microbatches(self, num_tokens: int) -> int:
+        """Microbatches in flight for a step of T tokens: min(pp, T) (at least 1)."""
+        return max(1, min(self.p.pp_stages, num_tokens))
+
+    def bubble(self, num_tokens: int) -> float:
+        """Pipeline bubble factor pp / m: how much longer than the busy time a step lasts."""
+        return self.p.pp_stages / self.microbatches(num_tokens)
+
+    def stage_seconds(self, num_tokens: float, num_samples: float) -> float:
+        """One pipeline stage (the whole model when pp = 1) on T tokens, S samples."""
+        p = self.p
         bw = p.hbm_bytes_per_s
         rate = p.gemm_rate_flops_per_s
         t = max(p.gemm_flops_per_token * num_tokens / rate, p.gemm_weight_bytes / bw)
         if p.num_experts:
-            expert_bytes = self.experts_touched(num_tokens) * p.expert_bytes
-            t += max(p.expert_flops_per_token * num_tokens / rate, expert_bytes / bw)
+            expert_rate = p.expert_rate_flops_per_s or rate
+            expert_tokens = num_tokens * p.expert_load_factor  # the busiest EP rank
+            expert_bytes = self.experts_touched(expert_tokens) * p.expert_bytes
+            t += max(p.expert_flops_per_token * expert_tokens / expert_rate, expert_bytes / bw)
         t += max(p.lm_head_flops_per_sample * num_samples / rate, p.lm_head_bytes / bw)
         t += p.act_bytes_per_token * num_tokens / bw
         if p.allreduce_count:
@@ -100,11 +136,16 @@ class Roofline:
                 p.allreduce_bytes_per_s
             )
             t += p.allreduce_count * per
-        return t + p.step_overhead_s
+        if p.alltoall_count:
+            per = p.alltoall_latency_s + num_tokens * p.alltoall_bytes_per_token / (
+                p.alltoall_bytes_per_s
+            )
+            t += p.alltoall_count * per
+        return t
 
     @overload
     def attention_seconds(
-        self, num_tokens: int, pairs: int, read: int, pairs_w: int, read_w: int
+        self, num_tokens: int, pairs: float, read: float, pairs_w: int, read_w: int
     ) -> float: ...
 
     @overload
@@ -126,23 +167,36 @@ class Roofline:
         flops = p.attn_flops_per_pair * pairs + p.attn_flops_per_pair_window * pairs_w
         kv = p.kv_bytes_per_token * (read + num_tokens)
         kv = kv + p.kv_bytes_per_token_window * (read_w + num_tokens)
-        return mx(flops / p.attn_rate_flops_per_s, kv / p.hbm_bytes_per_s)
+        t = mx(flops / p.attn_rate_flops_per_s, kv / p.hbm_bytes_per_s)
+        if p.pp_stages > 1:  # the same bubble factor as decode_seconds, bit for bit
+            return t * self.bubble(num_tokens)
+        return t
 
-    def decode_seconds(self, fixed_s: float, num_seqs: int, read0: int, steps: int) -> list[float]:
-        """Durations of `steps` pure-decode steps of `num_seqs` sequences (no sliding window).
+    def decode_seconds(
+        self,
+        fixed_s: float,
+        num_tokens: int,
+        contexts: Iterable[float],
+        verify: int,
+        pairs_extra: int,
+    ) -> list[float]:
+        """Durations of pure-decode steps (no sliding window), one per decode-group context.
 
-        Step s reads r = read0 + n·s KV tokens and attends r + n pairs; this is
-        fixed_s + attention_seconds(n, r + n, r, 0, 0) with the same float operations
-        (the window terms add exact zeros), in one comprehension instead of n calls.
+        A step whose group holds x context tokens and verifies `verify` tokens per sequence
+        reads x KV tokens and attends verify·x + pairs_extra pairs; its duration is
+        fixed_s + attention_seconds(num_tokens, pairs, x, 0, 0) with the same float
+        operations (the window terms add exact zeros), in one comprehension.
         """
         p = self.p
         fpp, rate = p.attn_flops_per_pair, p.attn_rate_flops_per_s
         kvb, bw = p.kv_bytes_per_token, p.hbm_bytes_per_s
-        n = num_seqs
-        first = read0 + n
-        return [
-            fixed_s + max(fpp * x / rate, kvb * x / bw) for x in range(first, first + n * steps, n)
-        ]
+        t, v, c = num_tokens, verify, pairs_extra
+        if p.pp_stages > 1:
+            b = self.bubble(num_tokens)
+            return [
+                fixed_s + max(fpp * (v * x + c) / rate, kvb * (x + t) / bw) * b for x in contexts
+            ]
+        return [fixed_s + max(fpp * (v * x + c) / rate, kvb * (x + t) / bw) for x in contexts]
 
     def step_seconds(self, shape: StepShape) -> float:
         return self.token_seconds(shape.num_tokens, shape.num_samples) + self.attention_seconds(

@@ -46,8 +46,8 @@ class LinearStepModel:
     def attention_seconds(self, num_tokens, pairs, read, pairs_w, read_w):  # type: ignore[no-untyped-def]
         return 0.0 * pairs
 
-    def decode_seconds(self, fixed_s: float, num_seqs: int, read0: int, steps: int) -> list[float]:
-        return [fixed_s + 0.0] * steps
+    def decode_seconds(self, fixed_s, num_tokens, contexts, verify, pairs_extra):  # type: ignore[no-untyped-def]
+        return [fixed_s + 0.0 * (verify * x + pairs_extra) for x in contexts]
 
 
 def run_requests(

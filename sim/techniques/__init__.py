@@ -15,12 +15,13 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sim.plan import ReplicaPlan
-from sim.techniques import prefix_caching, quantization
+from sim.techniques import prefix_caching, quantization, speculative
 from sim.techniques.base import Technique
 
 TECHNIQUES: dict[str, Technique] = {
     "quantization": quantization.TECHNIQUE,
     "prefix_caching": prefix_caching.TECHNIQUE,
+    "speculative": speculative.TECHNIQUE,
 }
 
 
