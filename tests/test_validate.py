@@ -1,0 +1,429 @@
+"""`servesim validate`: scenario rows in, predicted-vs-measured rows and a summary line out.
+
+tests/data/scenarios_small.csv holds rows copied verbatim from the shared reference files
+(one per mode, several metrics, H100/A100/B200) plus `fixture_*` rows written for these tests
+(their values are arbitrary). Runs use few requests (MAX_REQUESTS) to stay fast.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import sim.validate as validate
+from sim.config import ClusterConfig
+from sim.hardware import load_gpu, load_model
+from sim.validate import (
+    Lengths,
+    Result,
+    Row,
+    ScenarioError,
+    Setup,
+    Unexpressible,
+    linear_percentile,
+    parse_row,
+    read_scenarios,
+    summary_line,
+    validate_file,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ROOT / "tests" / "data" / "scenarios_small.csv"
+MAX_REQUESTS = 50
+LAST_LINE = re.compile(
+    r"^median_ape=\d+\.\d% p90_ape=\d+\.\d% max_ape=\d+\.\d% rows=\d+ skipped=\d+$"
+)
+
+
+@pytest.fixture(scope="module")
+def counted_run() -> Iterator[tuple[list[Result], list[str], int]]:
+    """The small file validated once, with simulate() wrapped to count its calls."""
+    calls: list[Any] = []
+    real = validate.simulate
+
+    def counting(cfg: Any) -> Any:
+        calls.append(cfg)
+        return real(cfg)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(validate, "simulate", counting)
+        lines: list[str] = []
+        results = validate_file(SMALL, MAX_REQUESTS, echo=lines.append)
+    yield results, lines, len(calls)
+
+
+def by_id(results: list[Result]) -> dict[str, Result]:
+    return {r.id: r for r in results}
+
+
+def header() -> list[str]:
+    with SMALL.open(newline="") as handle:
+        return next(csv.reader(handle))
+
+
+def write_csv(path: Path, rows: list[dict[str, str]], columns: list[str] | None = None) -> Path:
+    columns = columns or header()
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def small_rows() -> list[dict[str, str]]:
+    with SMALL.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def row(**cells: str) -> Row:
+    base = {c: "" for c in header()}
+    base.update(simulatable="yes", value="1", spec_method="none")
+    base.update(cells)
+    return parse_row(2, base, "test.csv")
+
+
+# --------------------------------------------------------------------------- the small file
+
+
+def test_small_file_keeps_the_exact_header() -> None:
+    ref = "id,source,kind,model,hardware,num_gpus,tp,pp,ep,dp,weight_dtype,activation_dtype,"
+    assert SMALL.read_text().splitlines()[0].startswith(ref)
+    assert tuple(header()) == validate.COLUMNS
+
+
+def test_every_row_has_an_outcome_and_a_printed_line(counted_run: Any) -> None:
+    results, lines, _ = counted_run
+    assert len(results) == len(lines) == len(small_rows())
+    statuses = {r.status for r in results}
+    assert statuses == {"ok", "skipped", "not-simulatable"}
+    for r in results:
+        assert r.id in lines[results.index(r)]
+        if r.status == "ok":
+            assert r.predicted is not None and np.isfinite(r.predicted) and r.predicted > 0
+
+
+def test_one_simulation_per_setup(counted_run: Any) -> None:
+    results, _, calls = counted_run
+    ok = [r for r in results if r.status == "ok"]
+    # The DP8 x EP8 DeepSeek row runs once the cluster config has ep and dp_attention.
+    dp_ep = by_id(results)["trtllm_r1_b200x8_maxtput"].status == "ok"
+    assert len(ok) == 24 + dp_ep
+    # 8 serving setups (the 5 rows of the qwen3-8b c4 run, the 5 of the qwen3-30b run, the
+    # 3 of the deepseek run and the 2 sglang poisson rows each share one), the ratio row's
+    # own and baseline runs, the trace row; single_batch rows use the step model only.
+    assert calls == 11 + dp_ep
+    groups = {r.group for r in results if r.id.startswith("lat_gps_qwen3-8b")}
+    assert groups == {"lat_gps_qwen3-8b_h100tp1_vllm0110_sharegpt_c4"}
+
+
+def test_unexpressible_rows_are_skipped_with_their_reason_and_counted(counted_run: Any) -> None:
+    results, lines, _ = counted_run
+    got = by_id(results)
+    assert got["fixture_unknown_hardware"].status == "skipped"
+    assert "unknown hardware 'tpu-v5'" in got["fixture_unknown_hardware"].reason
+    assert "unknown model 'opt-175b'" in got["fixture_unknown_model"].reason
+    assert "prefix caching" in got["mooncake_synth_trace_hit"].reason
+    skipped = [r for r in results if r.status == "skipped"]
+    assert summary_line(results).endswith(f"skipped={len(skipped)}")
+    assert any("skipped: unknown model 'opt-175b'" in line for line in lines)
+
+
+def test_not_simulatable_rows_are_listed_but_not_counted(counted_run: Any) -> None:
+    results, lines, _ = counted_run
+    got = by_id(results)["fixture_not_simulatable"]
+    assert got.status == "not-simulatable" and got.reason == "fixture: listed but not counted"
+    assert any("not simulatable (file): fixture: listed" in line for line in lines)
+    ok = sum(r.status == "ok" for r in results)
+    skipped = sum(r.status == "skipped" for r in results)
+    assert summary_line(results).endswith(f"rows={ok} skipped={skipped}")
+
+
+def test_ratio_and_trace_rows_are_predicted(counted_run: Any) -> None:
+    got = by_id(counted_run[0])
+    ratio = got["fixture_fp8_vs_bf16_ratio"]
+    assert ratio.status == "ok" and ratio.predicted is not None and ratio.predicted > 1.0
+    assert got["fixture_azure_trace"].status == "ok"
+
+
+def test_single_batch_rows_use_the_step_model(counted_run: Any) -> None:
+    got = by_id(counted_run[0])
+    prefill = got["splitwise_l2_70b_h100tp8_prefill2048"]
+    decode = got["splitwise_l2_70b_h100tp8_decode_bs8"]
+    assert prefill.status == decode.status == "ok"
+    assert prefill.predicted is not None and decode.predicted is not None
+    assert prefill.predicted > decode.predicted > 0
+    assert "engine 'other' -> vllm preset" in prefill.reason
+
+
+def test_report_figures_and_summary(counted_run: Any, tmp_path: Path) -> None:
+    from sim.fidelity import distribution_table, write_report
+
+    frame = validate.results_frame(counted_run[0])
+    assert list(frame.columns[:7]) == list(validate.REPORT_COLUMNS)
+    table = distribution_table(frame)
+    run = table[table["group"] == "lat_gps_qwen3-8b_h100tp1_vllm0110_sharegpt_c4"]
+    assert set(run["stat"]) == {"mean", "p99", "p99/mean"}
+    written = write_report({"small": frame}, tmp_path)
+    names = {p.name for p in written}
+    assert {"scatter.png", "error_by_family.png", "distribution.png", "summary.md"} <= names
+    assert "fixture_unknown_model" in (tmp_path / "summary.md").read_text()
+
+
+# --------------------------------------------------------------------------- summary line
+
+
+def test_signed_error_and_the_summary_line() -> None:
+    def result(measured: float, predicted: float) -> Result:
+        return Result("r", 2, "output_tok_s", measured, predicted, "ok")
+
+    assert result(100.0, 80.0).error_pct == pytest.approx(-20.0)
+    assert result(50.0, 75.0).error_pct == pytest.approx(50.0)
+    rows = [result(100, 80), result(100, 110), result(100, 150)]
+    rows.append(Result("s", 3, "hit_ratio", 0.6, None, "skipped", "no prefix caching"))
+    rows.append(Result("n", 4, "other", 1.0, None, "not-simulatable", "microbenchmark"))
+    line = summary_line(rows)
+    assert LAST_LINE.match(line)
+    # |errors| 20, 10, 50: median 20, linear p90 44, max 50
+    assert line == "median_ape=20.0% p90_ape=44.0% max_ape=50.0% rows=3 skipped=1"
+
+
+def test_cli_subprocess_prints_the_summary_last(tmp_path: Path) -> None:
+    out = tmp_path / "report.csv"
+    cmd = [sys.executable, "-m", "sim", "validate", str(SMALL), "--max-requests", "20"]
+    done = subprocess.run(
+        [*cmd, "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0, done.stderr
+    last = done.stdout.strip().splitlines()[-1]
+    assert LAST_LINE.match(last), last
+    with out.open(newline="") as handle:
+        report = list(csv.DictReader(handle))
+    assert len(report) == len(small_rows())
+    assert list(report[0]) == list(validate.REPORT_COLUMNS)
+
+
+# --------------------------------------------------------------------------- malformed files
+
+
+def test_non_numeric_request_rate_names_row_line_and_column(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = small_rows()[:3]
+    rows[2]["request_rate"] = "fast"
+    path = write_csv(tmp_path / "bad.csv", rows)
+    with pytest.raises(ScenarioError) as err:
+        read_scenarios(path)
+    message = str(err.value)
+    assert "line 4" in message and f"id {rows[2]['id']}" in message
+    assert "'request_rate'" in message and "'fast'" in message
+    assert validate.main([str(path)]) == 2
+    captured = capsys.readouterr()
+    assert "request_rate" in captured.err and "Traceback" not in captured.err
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "expected"),
+    [
+        ("num_requests", "-5", "'num_requests' is '-5'"),
+        ("tp", "0", "'tp' is '0'"),
+        ("concurrency", "2.5", "a whole number"),
+        ("mode", "streaming", "'mode' is 'streaming'"),
+        ("simulatable", "maybe", "'simulatable'"),
+    ],
+)
+def test_bad_values_are_errors(tmp_path: Path, column: str, value: str, expected: str) -> None:
+    rows = small_rows()[:2]
+    rows[1][column] = value
+    with pytest.raises(ScenarioError, match=re.escape(expected)):
+        read_scenarios(write_csv(tmp_path / "bad.csv", rows))
+
+
+def test_missing_column_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    columns = [c for c in header() if c != "metric"]
+    path = write_csv(tmp_path / "short.csv", small_rows()[:2], columns)
+    assert validate.main([str(path)]) == 2
+    assert "metric" in capsys.readouterr().err
+
+
+def test_a_simulator_bug_is_reported_on_the_row_and_fails_the_exit_status(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def broken(cfg: Any) -> Any:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(validate, "simulate", broken)
+    rows = [r for r in small_rows() if r["id"] == "trtllm_l31_8b_h100tp1_128_128"]
+    assert validate.main([str(write_csv(tmp_path / "one.csv", rows))]) == 1
+    out = capsys.readouterr().out.strip().splitlines()
+    assert "RuntimeError: boom" in out[0] and out[-1].endswith("rows=0 skipped=1")
+
+
+def test_missing_file_is_an_error(tmp_path: Path) -> None:
+    assert validate.main([str(tmp_path / "nope.csv")]) == 2
+
+
+# --------------------------------------------------------------------------- mapping rules
+
+
+def test_vllm_gpu_class_batch_defaults() -> None:
+    h100 = load_gpu("h100")
+    assert validate.vllm_batch_defaults(h100) == (8192, 1024)
+    assert validate.vllm_batch_defaults(load_gpu("b200")) == (8192, 1024)
+    assert validate.vllm_batch_defaults(load_gpu("a100")) == (2048, 256)  # the A100 exception
+    small = dataclasses.replace(h100, name="L40S", aliases=(), hbm_bytes=48e9)
+    assert validate.vllm_batch_defaults(small) == (2048, 256)  # < 70 GiB
+    name, batch, note = validate.engine_of(row(engine="other"), load_gpu("a100"))
+    assert (name, batch) == ("vllm", (2048, 256)) and "other" in note
+    assert validate.engine_of(row(engine="trtllm"), h100)[:2] == ("trtllm", None)
+
+
+def test_sharegpt_rescaling_matches_the_row_means() -> None:
+    values = np.array([2, 10, 100, 1000, 5000])
+    scaled = validate.rescale(values, 100.0)
+    assert scaled.dtype == np.int64 and scaled.min() >= 1
+    assert abs(scaled.mean() - 100.0) < 1.0
+    assert (validate.rescale(values, None) == values).all()
+    lengths = Lengths("sharegpt", means=(217.39, 201.42))
+    setup = Setup("Qwen3-8B", "H100-SXM", 1, 1, (), "vllm", None, (), "offline", 0.0, 0, 1000)
+    drawn = validate.sharegpt_requests(
+        dataclasses.replace(setup, lengths=lengths), np.random.default_rng(0)
+    )
+    assert abs(drawn["input_tokens"].mean() - 217.39) < 0.5
+    assert abs(drawn["output_tokens"].mean() - 201.42) < 0.5
+    assert drawn["input_tokens"].min() >= 1 and (drawn["arrival_s"] == 0).all()
+
+
+def test_length_rules() -> None:
+    got, note = validate.lengths_of(
+        row(length_dist="random_range_ratio_0.8", input_len="921.5", output_len="1024")
+    )
+    assert got == Lengths("uniform", (819, 1024), (910, 1138)) and note == ""
+    got, note = validate.lengths_of(row(length_dist="fixed", input_len="2041.69", output_len="9"))
+    assert got == Lengths("fixed", (2042, 2042), (9, 9))
+    got, note = validate.lengths_of(row(length_dist="mt-bench", input_len="80", output_len="200"))
+    assert got.kind == "fixed" and "unknown" in note
+    with pytest.raises(Unexpressible, match="mt-bench"):
+        validate.lengths_of(row(length_dist="mt-bench"))
+    got, note = validate.lengths_of(row(length_dist="ShareGPT", output_len="194.36"))
+    assert got.means == (None, 194.36) and "raw bundled input" in note
+
+
+def test_precision_rules() -> None:
+    h100, a100, b200 = load_gpu("h100"), load_gpu("a100"), load_gpu("b200")
+    gpt_oss, llama = load_model("gpt-oss-120b"), load_model("llama-3.1-8b")
+
+    def prec(model: Any, gpu: Any, **cells: str) -> dict[str, str]:
+        return dict(validate.precision_of(row(**cells), model, gpu))
+
+    native = prec(gpt_oss, h100, weight_dtype="mxfp4")
+    assert native == {
+        "weights": "bf16",
+        "experts": "mxfp4",
+        "activations": "bf16",
+        "kv_cache": "bf16",
+    }
+    assert prec(gpt_oss, b200, weight_dtype="mxfp4")["activations"] == "bf16"
+    assert prec(llama, b200, weight_dtype="nvfp4")["activations"] == "nvfp4"
+    assert prec(llama, h100, weight_dtype="nvfp4")["activations"] == "bf16"  # no FP4 on Hopper
+    assert prec(llama, a100, weight_dtype="fp8")["activations"] == "bf16"  # no FP8 on A100
+    assert prec(llama, h100, weight_dtype="int4")["activations"] == "bf16"  # weight-only
+    assert prec(llama, h100, weight_dtype="fp8", kv_dtype="fp8")["kv_cache"] == "fp8"
+    assert prec(load_model("deepseek-r1"), b200)["kv_cache"] == "bf16"  # FP8 checkpoint, auto KV
+
+
+def test_layout_rules() -> None:
+    assert validate.layout_of(row(num_gpus="8", tp="2")).replicas == 4
+    assert validate.layout_of(row(num_gpus="8", tp="1", dp="8")).replicas == 8
+    assert validate.layout_of(row(num_gpus="4")).tp == 4  # tp blank: one replica on all GPUs
+    with pytest.raises(Unexpressible, match="data-parallel attention"):
+        validate.layout_of(row(num_gpus="8", tp="8", dp="8"))
+    with pytest.raises(Unexpressible, match="ep = tp x dp"):
+        validate.layout_of(row(num_gpus="8", tp="1", dp="8", ep="4"))
+    fields = {f.name for f in dataclasses.fields(ClusterConfig)}
+    if {"ep", "dp_attention"} <= fields:
+        dp_ep = validate.layout_of(row(num_gpus="8", tp="1", dp="8", ep="8"))
+        assert dp_ep.replicas == 1 and dict(dp_ep.extra) == {"pp": 1, "ep": 8, "dp_attention": 8}
+    with pytest.raises(Unexpressible, match="multiple"):
+        validate.layout_of(row(num_gpus="6", tp="4"))
+    if "pp" not in {f.name for f in dataclasses.fields(ClusterConfig)}:
+        with pytest.raises(Unexpressible, match="pp=2"):
+            validate.layout_of(row(num_gpus="8", tp="4", pp="2"))
+
+
+def test_speculative_rows_are_skipped_in_one_place() -> None:
+    with pytest.raises(Unexpressible, match="speculative decoding"):
+        validate.speculative_technique(row(spec_method="eagle3", spec_k="3"))
+    assert validate.speculative_technique(row(spec_method="none")) == {}
+
+
+def test_baseline_parsing() -> None:
+    overrides, quantity = validate.parse_baseline("kv_dtype=fp8;quantity=tpot_mean_ms")
+    assert overrides == {"kv_dtype": "fp8"} and quantity == "tpot_mean_ms"
+    assert validate.parse_baseline("vLLM without speculative decoding at the same QPS") == (
+        {"spec_method": "none", "spec_k": ""},
+        "output_tok_s",
+    )
+    assert validate.parse_baseline("same engine without EAGLE3 (TTFT)")[1] == "ttft_mean_ms"
+    with pytest.raises(Unexpressible, match="not expressible"):
+        validate.parse_baseline("non-split baseline cluster")
+
+
+def test_linear_percentile_matches_numpy_on_repeated_values() -> None:
+    rng = np.random.default_rng(1)
+    values = rng.random(30)
+    weights = rng.integers(1, 6, size=30)
+    expanded = np.repeat(values, weights)
+    for q in (0, 10, 50, 90, 99, 100):
+        assert linear_percentile(values, q, weights) == pytest.approx(np.percentile(expanded, q))
+        assert linear_percentile(values, q) == pytest.approx(np.percentile(values, q))
+    assert np.isnan(linear_percentile(np.array([]), 50))
+
+
+def test_prefill_is_split_by_the_token_budget() -> None:
+    engine = validate.engine_config(
+        Setup("Llama-3.1-8B", "A100-SXM-80GB", 1, 1, (), "vllm", (2048, 256), (), "single_batch")
+    )
+    shapes = list(validate.prefill_shapes(1, 5000, engine, 0))
+    assert [s.num_tokens for s in shapes] == [2048, 2048, 904]
+    assert [s.num_samples for s in shapes] == [0, 0, 1]
+    assert sum(s.attn_pairs for s in shapes) == 5000 * 5001 // 2
+    assert [s.kv_read_tokens for s in shapes] == [0, 2048, 4096]
+    two = list(validate.prefill_shapes(2, 1500, engine, 0))
+    assert [s.num_tokens for s in two] == [2048, 952]
+    decode = list(validate.decode_shapes(300, 512, engine, 0))
+    assert [s.num_tokens for s in decode] == [256, 44]
+    assert decode[0].attn_pairs == 256 * 513 and decode[0].kv_read_tokens == 256 * 512
+
+
+@pytest.mark.parametrize(
+    ("cells", "reason"),
+    [
+        ({"mode": "poisson", "input_len": "100", "output_len": "100"}, "request_rate"),
+        ({"mode": "offline", "input_len": "100", "output_len": ""}, "input_len/output_len"),
+        ({"mode": "trace", "trace": "missing.jsonl", "metric": "ttft_p50_ms"}, "missing.jsonl"),
+        ({"mode": "single_batch", "metric": "output_tok_s"}, "not produced in mode"),
+        ({"mode": "offline", "metric": "accept_len"}, "speculative decoding"),
+        ({"mode": "offline", "hardware": "a100;h100"}, "several hardware"),
+        ({"mode": "offline", "spec_method": "eagle3"}, "spec_method=eagle3"),
+        ({"mode": "ratio", "metric": "speedup_x", "baseline": "a different cluster"}, "baseline"),
+        ({"mode": ""}, "mode is blank"),
+    ],
+)
+def test_rows_missing_what_their_mode_needs_are_skipped(
+    tmp_path: Path, cells: dict[str, str], reason: str
+) -> None:
+    base = {"model": "llama-3.1-8b", "hardware": "h100", "num_gpus": "1", "tp": "1"}
+    base.update(metric="output_tok_s", length_dist="fixed", output_len="10")
+    harness = validate.Harness(tmp_path, max_requests=5)
+    with pytest.raises(Unexpressible, match=re.escape(reason)):
+        harness.predict(row(**{**base, **cells}))
+    assert harness.num_simulations == 0
