@@ -40,6 +40,9 @@ def engine_spec(cfg: EngineConfig) -> EngineSpec:
         enable_chunked_prefill=cfg.enable_chunked_prefill,
         max_model_len=cfg.max_model_len,
         step_overhead_s=cfg.step_overhead_s,
+        seq_overhead_s=cfg.seq_overhead_s,
+        overlap_scheduling=cfg.overlap_scheduling,
+        request_overhead_s=cfg.request_overhead_s,
         runtime_reserve_bytes=cfg.runtime_reserve_bytes,
         kv_reservation=cfg.kv_reservation,
     )
@@ -50,6 +53,8 @@ def engine_spec(cfg: EngineConfig) -> EngineSpec:
         "gpu_memory_utilization": 0 < spec.gpu_memory_utilization <= 1,
         "max_model_len": spec.max_model_len >= 0,
         "step_overhead_s": spec.step_overhead_s >= 0,
+        "seq_overhead_s": spec.seq_overhead_s >= 0,
+        "request_overhead_s": spec.request_overhead_s >= 0,
     }
     for key, ok in checks.items():
         if not ok:

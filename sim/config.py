@@ -38,7 +38,10 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.90  # share of HBM the engine may use
     enable_chunked_prefill: bool = True
     max_model_len: int = 0  # 0 = the model's max_position_embeddings
-    step_overhead_s: float = 0.0  # fixed CPU/launch cost per step
+    step_overhead_s: float = 0.0  # CPU per step: scheduling, launches not hidden by graphs
+    seq_overhead_s: float = 0.0  # CPU per sequence per step: bookkeeping, sampling, output
+    overlap_scheduling: bool = False  # CPU of step n+1 overlaps GPU of step n (max, not sum)
+    request_overhead_s: float = 0.0  # arrival to engine queue: API server, tokenization
     runtime_reserve_bytes: float = 1.5e9  # CUDA context, NCCL buffers, graphs
     kv_reservation: str = "incremental"  # incremental (vLLM) | full (TRT-LLM no-evict)
 

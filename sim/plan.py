@@ -73,7 +73,10 @@ class EngineSpec:
     gpu_memory_utilization: float = 0.90
     enable_chunked_prefill: bool = True
     max_model_len: int = 0  # 0 = the model's max_position_embeddings
-    step_overhead_s: float = 0.0  # scheduling + launch cost per step not hidden by graphs
+    step_overhead_s: float = 0.0  # CPU per step: scheduling, launches not hidden by graphs
+    seq_overhead_s: float = 0.0  # CPU per sequence per step: bookkeeping, sampling, output
+    overlap_scheduling: bool = False  # CPU work of step n+1 overlaps GPU work of step n
+    request_overhead_s: float = 0.0  # arrival to engine queue: API server, tokenization
     runtime_reserve_bytes: float = 1.5e9  # CUDA context, NCCL buffers, CUDA graphs
     # incremental: blocks as tokens are computed, preempt when they run out (vLLM);
     # full: a request's blocks for prompt + whole output are reserved when it is admitted,
@@ -333,7 +336,6 @@ class CostParams:
     allreduce_bytes_per_token: float
     allreduce_latency_s: float
     allreduce_bytes_per_s: float  # algorithm bandwidth for one all-reduce
-    step_overhead_s: float
     expert_rate_flops_per_s: float = 0.0  # routed-expert GEMMs (0 = gemm_rate_flops_per_s)
     expert_load_factor: float = 1.0  # busiest EP rank's expert work over the mean (1 + skew)
     alltoall_count: float = 0.0  # EP dispatch + combine per stage and step (2 per MoE layer)
@@ -406,7 +408,6 @@ def cost_params(plan: ReplicaPlan) -> CostParams:
         allreduce_bytes_per_token=m.hidden_size * 2.0 / dp,
         allreduce_latency_s=eff.allreduce_latency_s,
         allreduce_bytes_per_s=ar_bw,
-        step_overhead_s=plan.engine.step_overhead_s,
         expert_rate_flops_per_s=expert_rate,
         expert_load_factor=1.0 + plan.ep_skew if plan.ep > 1 else 1.0,
     )
@@ -564,4 +565,4 @@ def draft_cost_params(plan: ReplicaPlan) -> CostParams | None:
             act_bytes_per_token=params.act_bytes_per_token * f,
             allreduce_count=round(params.allreduce_count * f),
         )
-    return dataclasses.replace(params, step_overhead_s=0.0)
+    return params

@@ -39,7 +39,7 @@ from sim.config import ClusterConfig, EngineConfig
 from sim.dtypes import get_format
 from sim.hardware import GPUSpec, ModelSpec, ProfileError, load_gpu, load_model
 from sim.plan import EngineSpec, PlanError, ReplicaPlan, cost_params, memory_plan
-from sim.step_time import Roofline, StepShape
+from sim.step_time import EngineOverhead, Roofline, StepShape
 from sim.techniques import TechniqueError
 
 ENGINE_DIR = Path(__file__).resolve().parent.parent / "experiments" / "engine"
@@ -166,23 +166,32 @@ def load_engine(name: str) -> EngineSpec:
     return engine_spec(cfg)
 
 
-def prefill_seconds(model: Roofline, prompt_tokens: int, budget: int) -> float:
+def prefill_seconds(
+    model: Roofline, prompt_tokens: int, budget: int, overhead: EngineOverhead | None = None
+) -> float:
     """One request's prompt alone, in chunks of the engine's token budget (causal pairs)."""
+    overhead = overhead or EngineOverhead()
     total, done = 0.0, 0
     while done < prompt_tokens:
         chunk = min(budget, prompt_tokens - done)
         end = done + chunk
         pairs = end * (end + 1) // 2 - done * (done + 1) // 2
         samples = 1 if end == prompt_tokens else 0
-        total += model.step_seconds(StepShape(chunk, samples, pairs, done))
+        total += overhead.total_seconds(model, StepShape(chunk, samples, pairs, done), 1)
         done = end
     return total
 
 
-def decode_step_seconds(model: Roofline, concurrency: int, context_tokens: int) -> float:
+def decode_step_seconds(
+    model: Roofline,
+    concurrency: int,
+    context_tokens: int,
+    overhead: EngineOverhead | None = None,
+) -> float:
     """One decode step of `concurrency` sequences holding `context_tokens` tokens each."""
     n, c = concurrency, context_tokens
-    return model.step_seconds(StepShape(n, n, n * (c + 1), n * c))
+    overhead = overhead or EngineOverhead()
+    return overhead.total_seconds(model, StepShape(n, n, n * (c + 1), n * c), n)
 
 
 def evaluate(
@@ -226,13 +235,16 @@ def _measure(row: PlanRow, plan: ReplicaPlan, target: Target) -> PlanRow:
             f"x {target.context_tokens} needs {needed:,}",
         )
     roofline = Roofline(cost_params(plan))
+    overhead = EngineOverhead.of(plan.engine)
     return _replace(
         row,
         feasible=True,
         prefill_s=prefill_seconds(
-            roofline, target.prompt_tokens, plan.engine.max_num_batched_tokens
+            roofline, target.prompt_tokens, plan.engine.max_num_batched_tokens, overhead
         ),
-        decode_step_s=decode_step_seconds(roofline, target.concurrency, target.context_tokens),
+        decode_step_s=decode_step_seconds(
+            roofline, target.concurrency, target.context_tokens, overhead
+        ),
     )
 
 

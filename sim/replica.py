@@ -22,7 +22,7 @@ from sim.kv_cache import KVCache
 from sim.plan import ReplicaPlan, max_model_len, memory_plan
 from sim.request import Request
 from sim.scheduler import Scheduler, StepPlan, Stretch
-from sim.step_time import StepTimeModel
+from sim.step_time import EngineOverhead, StepTimeModel
 
 STEP_COLUMNS = (
     "replica",
@@ -80,6 +80,7 @@ class Replica:
             plan.engine, self.kv, plan.model.sliding_window, plan.speculation, rng
         )
         self.step_model = step_model
+        self.overhead = EngineOverhead.of(plan.engine)
         self.draft_model = draft_model  # speculative drafting cost (None: free or none)
         self._draft_s: dict[int, float] = {}
         self.max_stretch_steps = max(1, max_stretch_steps)
@@ -118,12 +119,20 @@ class Replica:
         return ""
 
     def submit(self, request: Request) -> None:
-        """Queue a request; wake the engine or cut a decode stretch if it could join."""
+        """Take a request (after the engine's front-end delay, if any, it joins the queue)."""
         reason = self.rejection(request)
         if reason:
             request.reject(reason)
             return
         request.replica = self.index
+        delay = self.plan.engine.request_overhead_s
+        if delay > 0:
+            self.env.timeout(delay).callbacks.append(lambda _event: self._enqueue(request))
+        else:
+            self._enqueue(request)
+
+    def _enqueue(self, request: Request) -> None:
+        """Queue a request; wake the engine or cut a decode stretch if it could join."""
         self.scheduler.add(request)
         if self._wake is not None:
             if not self._wake.triggered:
@@ -148,16 +157,18 @@ class Replica:
             fixed_s = model.token_seconds(shape.num_tokens, shape.num_samples)
             if self.draft_model is not None and plan.num_decode_seqs:
                 fixed_s += self._drafting_s(plan.num_decode_seqs)
+            cpu_s = self.overhead.cpu_seconds(plan.num_seqs)
             if plan.pure_decode and self.max_stretch_steps > 1:
-                yield from self._stretch(plan, fixed_s)
+                yield from self._stretch(plan, fixed_s, cpu_s)
                 continue
-            duration = fixed_s + model.attention_seconds(
+            gpu_s = fixed_s + model.attention_seconds(
                 shape.num_tokens,
                 shape.attn_pairs,
                 shape.kv_read_tokens,
                 shape.attn_pairs_window,
                 shape.kv_read_tokens_window,
             )
+            duration = self.overhead.step_seconds(gpu_s, cpu_s)
             start = self.clock
             end = start + duration
             yield env.timeout(max(end - env.now, 0.0))
@@ -165,10 +176,10 @@ class Replica:
             self._record_step(plan, start, duration)
             self._finish(sched.commit_step(plan, end))
 
-    def _stretch(self, plan: StepPlan, fixed_s: float):  # type: ignore[no-untyped-def]
+    def _stretch(self, plan: StepPlan, fixed_s: float, cpu_s: float):  # type: ignore[no-untyped-def]
         env, sched = self.env, self.scheduler
         stretch = sched.plan_stretch(plan, self.max_stretch_steps)
-        durations, ends = self._timeline(stretch, fixed_s)
+        durations, ends = self._timeline(stretch, fixed_s, cpu_s)
         steps = stretch.num_steps
         self._interruptible = steps > 1 and sched.interruptible()
         self._in_stretch = True
@@ -196,20 +207,27 @@ class Replica:
             self._draft_s[num_seqs] = cached
         return cached
 
-    def _timeline(self, stretch: Stretch, fixed_s: float) -> tuple[list[float], list[float]]:
+    def _timeline(
+        self, stretch: Stretch, fixed_s: float, cpu_s: float
+    ) -> tuple[list[float], list[float]]:
         """Per-step durations and end times; t_k = (((clock + d0) + d1) + ...) as stepping."""
         st = stretch
         n, v, g0 = st.num_seqs, st.verify, st.g0
         tokens, extra = n * v, n * v * (v + 1) // 2
         contexts = [st.k_dec + st.r_dec * (g0 + s) for s in range(st.num_steps)]
         if st.pairs_w is None or st.read_w is None:
-            durations = self.step_model.decode_seconds(fixed_s, tokens, contexts, v, extra)
+            gpu = self.step_model.decode_seconds(fixed_s, tokens, contexts, v, extra)
         else:
             attention = self.step_model.attention_seconds
-            durations = [
+            gpu = [
                 fixed_s + attention(tokens, v * x + extra, x, pw, rw)
                 for x, pw, rw in zip(contexts, st.pairs_w, st.read_w, strict=True)
             ]
+        if cpu_s or self.overhead.overlap:  # the same composition as a single step
+            combine = self.overhead.step_seconds
+            durations = [combine(g, cpu_s) for g in gpu]
+        else:
+            durations = gpu
         ends = list(itertools.accumulate(durations, initial=self.clock))
         del ends[0]
         return durations, ends

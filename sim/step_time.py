@@ -1,7 +1,7 @@
 """Batch counts in, step seconds out: a per-kernel-class roofline on one GPU of a TP group.
 
-A step's time is the sum of its kernel classes, each bound by compute or memory
-(whichever is slower), plus tensor-parallel all-reduces and a fixed per-step overhead:
+A step's GPU time is the sum of its kernel classes, each bound by compute or memory
+(whichever is slower), plus tensor-parallel collectives:
 
     dense GEMMs   max(2·P_dense·T / R_gemm,  W_dense / BW)
     MoE experts   max(2·P_expert·k·T / R_gemm,  E_touched(T)·W_expert / BW)
@@ -10,19 +10,22 @@ A step's time is the sum of its kernel classes, each bound by compute or memory
     other passes  A_tok·T / BW                                  norms, rotary, activation
     all-reduce    n_ar·(latency + T·h·2 / BW_ar)
     all-to-all    n_a2a·(latency + T·a2a_tok / BW_a2a)              EP with attention DP
-    overhead      fixed per step (engine preset)
 
 All constants are one GPU's share of one pipeline stage (`sim.plan.cost_params`). With EP
 the busiest rank sets the pace: the expert term sees T·(1 + skew) tokens. With pp stages
 the engine keeps m = min(pp, T) microbatches in flight and a step lasts the pipeline's
 steady-state interval (sim/plan.py explains the model):
 
-    step = pp·(stage(T/m, S/m) + send(T/m)) + attention·pp/m + overhead,
+    step = pp·(stage(T/m, S/m) + send(T/m)) + attention·pp/m,
     send(x) = latency + x·h·2 / BW_link,     bubble factor pp/m (1 when the pipe is full)
 
 T = tokens in the step; `pairs` = Σ over scheduled tokens of the context they attend to;
 `read` = KV tokens read. Expected experts touched per layer with T tokens choosing k of E
 uniformly: E·(1 − (1 − k/E)^T).
+
+The engine's CPU time (scheduling, sampling, output processing, launches not hidden by
+CUDA graphs) is `EngineOverhead`: fixed + per-sequence seconds a step, added to the GPU
+time, or overlapped with it (max) by engines that schedule step n+1 while step n runs.
 
 `token_seconds` covers the terms that depend only on (T, S); `attention_seconds` the terms
 that grow with context. Both accept numpy arrays for attention inputs so a stretch of pure
@@ -38,7 +41,7 @@ from typing import Any, NamedTuple, Protocol, overload
 
 import numpy as np
 
-from sim.plan import CostParams
+from sim.plan import CostParams, EngineSpec
 
 
 class StepShape(NamedTuple):
@@ -50,6 +53,28 @@ class StepShape(NamedTuple):
     kv_read_tokens: float  # Σ context KV tokens read (excl. this step's new tokens)
     attn_pairs_window: int = 0  # same, capped at the sliding window
     kv_read_tokens_window: int = 0
+
+
+class EngineOverhead(NamedTuple):
+    """The engine's CPU work per step and whether it overlaps the GPU's (engine preset)."""
+
+    step_s: float = 0.0  # fixed per step
+    seq_s: float = 0.0  # per sequence in the batch
+    overlap: bool = False  # True: step = max(GPU, CPU); False: GPU + CPU
+
+    def cpu_seconds(self, num_seqs: int) -> float:
+        return self.step_s + self.seq_s * num_seqs
+
+    def step_seconds(self, gpu_s: float, cpu_s: float) -> float:
+        return max(gpu_s, cpu_s) if self.overlap else gpu_s + cpu_s
+
+    @classmethod
+    def of(cls, engine: EngineSpec) -> EngineOverhead:
+        return cls(engine.step_overhead_s, engine.seq_overhead_s, engine.overlap_scheduling)
+
+    def total_seconds(self, model: Roofline, shape: StepShape, num_seqs: int) -> float:
+        """One engine step: the GPU time of `shape` with the CPU time of `num_seqs`."""
+        return self.step_seconds(model.step_seconds(shape), self.cpu_seconds(num_seqs))
 
 
 class StepTimeModel(Protocol):
@@ -104,11 +129,11 @@ class Roofline:
         """Every term that depends on T and S only (all but attention)."""
         p = self.p
         if p.pp_stages == 1:
-            return self.stage_seconds(num_tokens, num_samples) + p.step_overhead_s
+            return self.stage_seconds(num_tokens, num_samples)
         m = self.microbatches(num_tokens)
         x = num_tokens / m
         send = p.pp_send_latency_s + x * p.pp_send_bytes_per_token / p.pp_send_bytes_per_s
-        return p.pp_stages * (self.stage_seconds(x, num_samples / m) + send) + p.step_overhead_s
+        return p.pp_stages * (self.stage_seconds(x, num_samples / m) + send)
 
     def microbatches(self, num_tokens: int) -> int:
         """Microbatches in flight for a step of T tokens: min(pp, T) (at least 1)."""

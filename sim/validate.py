@@ -123,7 +123,7 @@ from sim.hardware import GPUSpec, ModelSpec, load_gpu, load_model
 from sim.metrics import itl_samples, request_metrics
 from sim.plan import cost_params, memory_plan
 from sim.simulate import simulate
-from sim.step_time import Roofline, StepShape
+from sim.step_time import EngineOverhead, Roofline, StepShape
 from sim.trace import LengthPairs, arrival_times, bundled
 
 COLUMNS: tuple[str, ...] = (
@@ -690,7 +690,7 @@ def _window_sum(x: int, window: int) -> int:
 
 def prefill_shapes(
     batch: int, prompt: int, engine: EngineConfig, window: int
-) -> Iterator[StepShape]:
+) -> Iterator[tuple[StepShape, int]]:
     """The steps an engine takes to prefill `batch` prompts of `prompt` tokens (in order,
     chunked by the token budget, at most max_num_seqs sequences per step)."""
     done = [0] * batch
@@ -718,19 +718,19 @@ def prefill_shapes(
             done[i] += q
             samples += done[i] == prompt
         nxt += samples
-        yield StepShape(tokens, samples, pairs, read, pairs_w, read_w)
+        yield StepShape(tokens, samples, pairs, read, pairs_w, read_w), len(chunks)
 
 
 def decode_shapes(
     batch: int, context: int, engine: EngineConfig, window: int
-) -> Iterator[StepShape]:
+) -> Iterator[tuple[StepShape, int]]:
     """One decode token for `batch` sequences at `context`, split by the engine's caps."""
     cap = max(min(engine.max_num_seqs, engine.max_num_batched_tokens), 1)
     for start in range(0, batch, cap):
         n = min(cap, batch - start)
         pw = n * min(context + 1, window) if window else 0
         rw = n * min(context, window) if window else 0
-        yield StepShape(n, n, n * (context + 1), n * context, pw, rw)
+        yield StepShape(n, n, n * (context + 1), n * context, pw, rw), n
 
 
 def single_batch_ms(setup: Setup, metric: str) -> float:
@@ -752,7 +752,8 @@ def single_batch_ms(setup: Setup, metric: str) -> float:
     shapes = (prefill_shapes if metric == "prefill_step_ms" else decode_shapes)(
         b, ctx, cfg.engine, window
     )
-    return 1e3 * sum(model.step_seconds(s) for s in shapes)
+    overhead = EngineOverhead.of(plan.engine)
+    return 1e3 * sum(overhead.total_seconds(model, s, n) for s, n in shapes)
 
 
 # --------------------------------------------------------------------------- the harness

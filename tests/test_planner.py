@@ -26,7 +26,7 @@ from sim.planner import (
     plan_rows,
     prefill_seconds,
 )
-from sim.step_time import Roofline, StepShape
+from sim.step_time import EngineOverhead, Roofline, StepShape
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,11 +53,14 @@ def test_a_row_uses_the_simulators_plan_and_roofline() -> None:
     row = evaluate(model, gpu, engine, Precision("fp8", ("fp8", "fp8", "fp8")), Layout(4), target)
     plan = layout_plan(model, gpu, engine, ClusterConfig(1, "H100-SXM", 4), {"quantization": {}})
     roofline = Roofline(cost_params(plan))
+    cpu = EngineOverhead.of(plan.engine)  # the engine preset's CPU time, as a replica adds it
     assert row.feasible and row.reason == ""
-    assert row.decode_step_s == roofline.step_seconds(StepShape(32, 32, 32 * 3001, 32 * 3000))
-    assert row.prefill_s == roofline.step_seconds(StepShape(2048, 1, 2048 * 2049 // 2, 0))
+    decode = roofline.step_seconds(StepShape(32, 32, 32 * 3001, 32 * 3000))
+    prefill = roofline.step_seconds(StepShape(2048, 1, 2048 * 2049 // 2, 0))
+    assert row.decode_step_s == cpu.step_seconds(decode, cpu.cpu_seconds(32))
+    assert row.prefill_s == cpu.step_seconds(prefill, cpu.cpu_seconds(1))
     assert row.kv_needed_tokens == 32 * 3008  # whole 16-token blocks
-    assert decode_step_seconds(roofline, 32, 3000) == row.decode_step_s
+    assert decode_step_seconds(roofline, 32, 3000, cpu) == row.decode_step_s
 
 
 def test_prefill_is_chunked_at_the_token_budget() -> None:

@@ -392,14 +392,15 @@ def test_prefill_is_split_by_the_token_budget() -> None:
     engine = validate.engine_config(
         Setup("Llama-3.1-8B", "A100-SXM-80GB", 1, 1, (), "vllm", (2048, 256), (), "single_batch")
     )
-    shapes = list(validate.prefill_shapes(1, 5000, engine, 0))
+    shapes = [s for s, seqs in validate.prefill_shapes(1, 5000, engine, 0)]
+    assert [seqs for s, seqs in validate.prefill_shapes(1, 5000, engine, 0)] == [1, 1, 1]
     assert [s.num_tokens for s in shapes] == [2048, 2048, 904]
     assert [s.num_samples for s in shapes] == [0, 0, 1]
     assert sum(s.attn_pairs for s in shapes) == 5000 * 5001 // 2
     assert [s.kv_read_tokens for s in shapes] == [0, 2048, 4096]
-    two = list(validate.prefill_shapes(2, 1500, engine, 0))
+    two = [s for s, _ in validate.prefill_shapes(2, 1500, engine, 0)]
     assert [s.num_tokens for s in two] == [2048, 952]
-    decode = list(validate.decode_shapes(300, 512, engine, 0))
+    decode = [s for s, _ in validate.decode_shapes(300, 512, engine, 0)]
     assert [s.num_tokens for s in decode] == [256, 44]
     assert decode[0].attn_pairs == 256 * 513 and decode[0].kv_read_tokens == 256 * 512
 
