@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from sim.config import register_configs
 from sim.hardware import ProfileError
-from sim.metrics import SLO, format_summary, summarize
+from sim.metrics import SLO, cluster_stats, format_cluster, format_summary, summarize
 from sim.plan import PlanError
 from sim.simulate import SimResult, simulate, to_config
 from sim.techniques import TechniqueError
@@ -33,9 +33,16 @@ def write_outputs(result: SimResult, out_dir: Path, slo: SLO, plots: bool) -> st
     out_dir.mkdir(parents=True, exist_ok=True)
     result.requests.to_parquet(out_dir / "requests.parquet", index=False)
     result.steps.to_parquet(out_dir / "steps.parquet", index=False)
+    if len(result.transfers):  # disaggregated: one row per KV transfer
+        result.transfers.to_parquet(out_dir / "transfers.parquet", index=False)
     summary = summarize(result.requests, result.steps, result.meta, slo)
-    text = describe(result.meta) + "\n" + format_summary(summary)
-    payload: dict[str, Any] = {"meta": result.meta, "summary": summary.to_dict()}
+    cluster = cluster_stats(result.requests, result.steps, result.transfers, result.meta)
+    text = describe(result.meta) + "\n" + format_summary(summary) + "\n" + format_cluster(cluster)
+    payload: dict[str, Any] = {
+        "meta": result.meta,
+        "summary": summary.to_dict(),
+        "cluster": cluster,
+    }
     (out_dir / "summary.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
     (out_dir / "summary.txt").write_text(text + "\n")
     if plots:

@@ -33,6 +33,13 @@ REQUEST_COLUMNS: dict[str, str] = {
     "num_preemptions": "int64",
     "status": "str",
     "reason": "str",
+    # disaggregated serving (-1 / 0 / NaN when aggregated)
+    "prefill_replica": "int64",
+    "decode_replica": "int64",
+    "decode_cached_tokens": "int64",
+    "kv_transfer_bytes": "int64",
+    "kv_transfer_start_at": "float64",
+    "kv_transfer_end_at": "float64",
 }
 STEP_COLUMNS: dict[str, str] = {
     "replica": "int64",
@@ -466,4 +473,118 @@ def format_summary(summary: Summary) -> str:
             f"{_num(r.mean_batch_size, 8)}{_num(r.mean_num_waiting, 9)}{r.num_preemptions:>9,}"
             for r in s.per_replica
         ]
+    return "\n".join(lines)
+
+
+# -- cluster-level serving: routing and disaggregation ---------------------------------------
+
+
+def prefix_hit_ratio(requests: pd.DataFrame) -> float:
+    """Prompt tokens served from a prefix cache over all prompt tokens, finished requests
+    (the prefill side's hits; NaN when nothing finished)."""
+    req = ensure_columns(requests, REQUEST_COLUMNS)
+    fin = req.loc[_finished_mask(req)]
+    total = float(fin["input_tokens"].sum())
+    return float(fin["cached_tokens"].sum()) / total if total > 0 else float("nan")
+
+
+def load_imbalance(steps: pd.DataFrame, replicas: Sequence[int]) -> float:
+    """max / mean of the tokens each of `replicas` computed (1 = balanced; NaN when idle)."""
+    st = ensure_columns(steps, STEP_COLUMNS)
+    work = st.groupby("replica")["num_tokens"].sum().reindex(list(replicas), fill_value=0)
+    mean = float(work.mean()) if len(work) else 0.0
+    return float(work.max()) / mean if mean > 0 else float("nan")
+
+
+def pool_of(meta: Mapping[str, Any]) -> dict[str, list[int]]:
+    """Replica indices by pool: {'prefill': [...], 'decode': [...]} or {'replicas': [...]}."""
+    pools = meta.get("pools")
+    if pools:
+        return {name: list(p["indices"]) for name, p in pools.items()}
+    return {"replicas": list(range(int(meta.get("replicas", 1))))}
+
+
+def link_utilisation(
+    transfers: pd.DataFrame, links: Sequence[Mapping[str, Any]], duration_s: float
+) -> pd.DataFrame:
+    """Per link: transfers, bytes moved, and utilisation = bytes / (bandwidth x duration_s)."""
+    rows = []
+    paths = transfers["links"].astype(str).str.split(" > ") if len(transfers) else pd.Series([])
+    num_bytes = transfers["num_bytes"].to_numpy(np.float64) if len(transfers) else np.zeros(0)
+    for link in links:
+        use = np.asarray([link["name"] in p for p in paths], dtype=bool)
+        moved = float(num_bytes[use].sum()) if use.size else 0.0
+        util = moved / (link["bytes_per_s"] * duration_s) if duration_s > 0 else float("nan")
+        rows.append(
+            {
+                "link": link["name"],
+                "kind": link["kind"],
+                "transfers": int(use.sum()),
+                "bytes": moved,
+                "utilisation": util,
+            }
+        )
+    return pd.DataFrame(rows, columns=["link", "kind", "transfers", "bytes", "utilisation"])
+
+
+def cluster_stats(
+    requests: pd.DataFrame,
+    steps: pd.DataFrame,
+    transfers: pd.DataFrame | None,
+    meta: Mapping[str, Any],
+) -> dict[str, float]:
+    """Flat cluster-level numbers of a run.
+
+    hit_ratio (`prefix_hit_ratio`), load_imbalance over the routed pool (prefill pool when
+    disaggregated; `load_imbalance`), per pool `<pool>_util` = busy seconds / (replicas x run
+    duration); disaggregated runs add decode_imbalance, transfer count, kv_gb_moved, transfer
+    time (end - start: latency, sharing, layer-wise overlap) mean / p50 / p99 in ms, and the
+    busiest link's utilisation (`link_utilisation`).
+    """
+    duration = run_duration_s(requests)
+    pools = pool_of(meta)
+    front = pools.get("prefill", pools.get("replicas", []))
+    busy = ensure_columns(steps, STEP_COLUMNS).groupby("replica")["duration_s"].sum()
+    out: dict[str, float] = {
+        "hit_ratio": prefix_hit_ratio(requests),
+        "load_imbalance": load_imbalance(steps, front),
+    }
+    for name, members in pools.items():
+        total = float(busy.reindex(members, fill_value=0.0).sum())
+        out[f"{name}_util"] = total / (len(members) * duration) if duration > 0 else float("nan")
+    if "decode" in pools:
+        out["decode_imbalance"] = load_imbalance(steps, pools["decode"])
+        t = transfers if transfers is not None else pd.DataFrame()
+        seconds = (t["end_at"] - t["start_at"]).to_numpy(np.float64) if len(t) else np.zeros(0)
+        st = Stats.of(seconds)
+        links = link_utilisation(t, meta.get("links", []), duration) if len(t) else None
+        out.update(
+            transfers=float(len(t)),
+            kv_gb_moved=float(t["num_bytes"].sum()) / 1e9 if len(t) else 0.0,
+            transfer_mean_ms=st.mean * 1e3,
+            transfer_p50_ms=st.p50 * 1e3,
+            transfer_p99_ms=st.p99 * 1e3,
+            link_util_max=float(links["utilisation"].max()) if links is not None else 0.0,
+        )
+    return out
+
+
+def format_cluster(stats: Mapping[str, float]) -> str:
+    """One or two lines of `cluster_stats` for the run report."""
+    utils = ", ".join(
+        f"{k[:-5]} {100 * v:.1f}%"
+        for k, v in stats.items()
+        if k.endswith("_util") and k != "link_util_max"
+    )
+    lines = [
+        f"cluster: prefix hit ratio {_num(stats['hit_ratio'], 0, 3).strip()}, load imbalance "
+        f"(max/mean tokens) {_num(stats['load_imbalance'], 0, 2).strip()}, busy {utils}"
+    ]
+    if "transfers" in stats:
+        lines.append(
+            f"KV transfers: {int(stats['transfers']):,}, {stats['kv_gb_moved']:,.2f} GB moved, "
+            f"time p50 {_num(stats['transfer_p50_ms'], 0, 2).strip()} ms, p99 "
+            f"{_num(stats['transfer_p99_ms'], 0, 2).strip()} ms; busiest link "
+            f"{100 * stats['link_util_max']:.1f}% utilised"
+        )
     return "\n".join(lines)

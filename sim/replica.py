@@ -6,13 +6,19 @@ can change the next one (no admissible arrival, no completion, no block shortage
 replica plans the whole stretch of identical-shape steps at once and waits once; an
 arrival that could be admitted interrupts it at the next step boundary. Stretches give the
 same timestamps as stepping (tests/test_replica.py proves it).
+
+Disaggregated serving (the cluster wires it, sim/simulate.py): a prefill replica
+(`prefill_only`) hands each prefilled request to `on_finish` with status "prefilled" and
+holds its blocks until `release_held`; a decode replica takes handoffs with `receive`,
+reports each KV reservation to `on_reserve` (the transfer starts then) and takes the
+arrived KV with `activate`. Times passed in (`at`) are exact; a woken engine starts there.
 """
 
 from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import NamedTuple
 
 import numpy as np
@@ -69,6 +75,9 @@ class Replica:
         on_finish: Callable[[Request], None] | None = None,
         draft_model: StepTimeModel | None = None,
         rng: np.random.Generator | None = None,
+        prefill_only: bool = False,
+        on_reserve: Callable[[Request, float], None] | None = None,
+        on_step_start: Callable[[StepPlan, float, float], None] | None = None,
     ) -> None:
         self.env = env
         self.index = index
@@ -77,7 +86,7 @@ class Replica:
         self.max_len = max_model_len(plan)
         self.kv = KVCache(self.memory.num_blocks, self.memory.block_size, plan.prefix_caching)
         self.scheduler = Scheduler(
-            plan.engine, self.kv, plan.model.sliding_window, plan.speculation, rng
+            plan.engine, self.kv, plan.model.sliding_window, plan.speculation, rng, prefill_only
         )
         self.step_model = step_model
         self.overhead = EngineOverhead.of(plan.engine)
@@ -85,11 +94,19 @@ class Replica:
         self._draft_s: dict[int, float] = {}
         self.max_stretch_steps = max(1, max_stretch_steps)
         self.on_finish = on_finish
+        self.prefill_only = prefill_only
+        self.on_reserve = on_reserve  # (request, time): its KV blocks are reserved here
+        self.on_step_start = on_step_start  # (plan, start, end) of every single step
         self.clock = 0.0  # end of the last step (SimPy's clock may differ by rounding)
         self.rows: list[tuple[float | int, ...]] = []
         self.stretch_rows: list[StretchRecord] = []
         self._wake: simpy.Event | None = None
         self._interruptible = False
+        self._cut_for_ready = False  # an arrived KV could join the running stretch
+        self._cut_at = 0.0
+        self._arriving = 0  # submitted, still in the front end (request_overhead_s)
+        self._arriving_tokens = 0
+        self._live: tuple[Stretch, list[float]] | None = None  # the stretch running now
         self._in_stretch = False
         self._stretch_arrivals: list[float] = []
         self.process = env.process(self._run())
@@ -97,11 +114,66 @@ class Replica:
     # -- what the router sees ---------------------------------------------------------------
     @property
     def num_outstanding(self) -> int:
-        return self.scheduler.num_outstanding
+        """Requests queued, running, receiving KV, or still in the front end."""
+        return self.scheduler.num_outstanding + self._arriving
 
+    # During a stretch the engine has not yet committed the steps that have run (their blocks
+    # are allocated, and LRU cached units evicted, when it ends); these counters add what
+    # stepping would show by now, so routing never depends on fast_forward.
     @property
     def kv_usage(self) -> float:
-        return self.kv.num_used / self.kv.num_blocks
+        """Blocks in use, plus those queued handoffs will reserve, over all blocks."""
+        extra = self._progress()[1] if self._live is not None else 0
+        queued = -(-self.scheduler.remote_queued_tokens // self.kv.block_size)
+        return (self.kv.num_used + extra + queued) / self.kv.num_blocks
+
+    @property
+    def prefill_tokens_left(self) -> int:
+        return self.scheduler.prefill_left + self._arriving_tokens
+
+    @property
+    def decode_tokens_left(self) -> int:
+        sched = self.scheduler
+        steps = self._progress()[0] if self._live is not None else 0
+        return sched.decode_left - sched.n_dec * steps
+
+    def prefix_keys(self, request: Request) -> list[Hashable]:
+        return self.scheduler.prefix_keys(request)
+
+    def cached_prefix_tokens(self, request: Request) -> int:
+        """Leading prompt tokens in the prefix cache, as admission would count them."""
+        keys = self.scheduler.prefix_keys(request)
+        if not keys:
+            return 0
+        per = self.kv.block_size * self.kv.unit_blocks
+        limit = (request.input_tokens + request.num_output_done - 1) // per
+        refs, gone = self.kv.refs, self._evicted_by_now()
+        hits = 0
+        for key in keys[:limit]:
+            if key not in refs or key in gone:
+                break
+            hits += 1
+        return hits * per
+
+    def cached_units(self) -> tuple[frozenset[Hashable], int]:
+        """The prefix index's units and tokens per unit (for published snapshots)."""
+        units = frozenset(self.kv.refs) - self._evicted_by_now()
+        return units, self.kv.block_size * self.kv.unit_blocks
+
+    def _progress(self) -> tuple[int, int]:
+        """Steps of the running stretch done by now, and blocks the steps so far add."""
+        assert self._live is not None
+        stretch, ends = self._live
+        step = min(bisect.bisect_right(ends, self.env.now), stretch.num_steps - 1)
+        return step, stretch.extra_blocks(step + 1)
+
+    def _evicted_by_now(self) -> frozenset[Hashable]:
+        if self._live is None:
+            return frozenset()
+        short = self._progress()[1] - self.kv.free_blocks
+        if short <= 0:
+            return frozenset()
+        return frozenset(itertools.islice(self.kv.evictable, -(-short // self.kv.unit_blocks)))
 
     def rejection(self, request: Request) -> str:
         """Why this replica could never serve `request` ('' if it can)."""
@@ -111,6 +183,8 @@ class Replica:
                 f"prompt+output {total} tokens exceeds max_model_len {self.max_len} of "
                 f"{self.plan.model.name}"
             )
+        if self.prefill_only:  # holds the prompt only
+            total = request.input_tokens + 1
         if total > self.memory.kv_capacity_tokens:
             return (
                 f"prompt+output {total} tokens exceeds the KV cache of one replica "
@@ -126,10 +200,18 @@ class Replica:
             return
         request.replica = self.index
         delay = self.plan.engine.request_overhead_s
-        if delay > 0:
-            self.env.timeout(delay).callbacks.append(lambda _event: self._enqueue(request))
+        if delay > 0:  # the router counts it (and its uncached prompt) from now on
+            tokens = request.input_tokens - self.cached_prefix_tokens(request)
+            self._arriving += 1
+            self._arriving_tokens += tokens
+            self.env.timeout(delay).callbacks.append(lambda _e: self._arrive(request, tokens))
         else:
             self._enqueue(request)
+
+    def _arrive(self, request: Request, tokens: int) -> None:
+        self._arriving -= 1
+        self._arriving_tokens -= tokens
+        self._enqueue(request)
 
     def _enqueue(self, request: Request) -> None:
         """Queue a request; wake the engine or cut a decode stretch if it could join."""
@@ -138,26 +220,58 @@ class Replica:
             if not self._wake.triggered:
                 self._wake.succeed()
         elif self._interruptible:
-            self._interruptible = False
-            self.process.interrupt()
+            self._cut(self.env.now)
         elif self._in_stretch:
             self._stretch_arrivals.append(self.env.now)
+
+    def _cut(self, at: float) -> None:
+        """End the running stretch with the step in progress at `at` (once per stretch)."""
+        self._interruptible = self._cut_for_ready = False
+        self._cut_at = at
+        self.process.interrupt()
+
+    def _wake_at(self, at: float) -> None:
+        if self._wake is not None and not self._wake.triggered:
+            self._wake.succeed(at)
+
+    # -- disaggregated serving ----------------------------------------------------------------
+    def receive(self, request: Request) -> None:
+        """A prefilled request whose KV will come from a prefill replica (queued as usual)."""
+        request.remote_kv = True
+        request.replica = self.index
+        self._enqueue(request)
+
+    def activate(self, request: Request, at: float) -> None:
+        """The KV of a reserved request arrived at `at`: it decodes from the next step."""
+        self.scheduler.activate(request)
+        if self._wake is not None:
+            self._wake_at(at)
+        elif self._cut_for_ready:
+            self._cut(at)
+
+    def release_held(self, request: Request, at: float) -> None:
+        """A prefilled request's KV has left (at `at`): free its blocks here."""
+        self.scheduler.release_held(request)
+        if self.scheduler.waiting:  # its blocks may admit a queued request
+            self._wake_at(at)
 
     # -- the engine loop ----------------------------------------------------------------------
     def _run(self):  # type: ignore[no-untyped-def]
         env, sched, model = self.env, self.scheduler, self.step_model
         while True:
             if not sched.has_work():
-                self._wake = env.event()
-                yield self._wake
-                self._wake = None
-                self.clock = env.now
+                yield from self._sleep()
             plan = sched.schedule(self.clock)
+            if sched.reserved:
+                self._reserved()
+            if not plan.num_decode_seqs and not plan.chunks and not plan.num_preempted:
+                yield from self._sleep()  # queued requests wait for blocks held elsewhere
+                continue
             shape = plan.shape
             fixed_s = model.token_seconds(shape.num_tokens, shape.num_samples)
             if self.draft_model is not None and plan.num_decode_seqs:
                 fixed_s += self._drafting_s(plan.num_decode_seqs)
-            cpu_s = self.overhead.cpu_seconds(plan.num_seqs)
+            cpu_s = self.overhead.cpu_seconds(plan.num_seqs + plan.num_waiting)
             if plan.pure_decode and self.max_stretch_steps > 1:
                 yield from self._stretch(plan, fixed_s, cpu_s)
                 continue
@@ -171,6 +285,8 @@ class Replica:
             duration = self.overhead.step_seconds(gpu_s, cpu_s)
             start = self.clock
             end = start + duration
+            if self.on_step_start is not None:
+                self.on_step_start(plan, start, end)
             yield env.timeout(max(end - env.now, 0.0))
             self.clock = end
             self._record_step(plan, start, duration)
@@ -181,21 +297,43 @@ class Replica:
         stretch = sched.plan_stretch(plan, self.max_stretch_steps)
         durations, ends = self._timeline(stretch, fixed_s, cpu_s)
         steps = stretch.num_steps
-        self._interruptible = steps > 1 and sched.interruptible()
+        # with a CPU cost per request in flight, any arrival changes the next step's time
+        self._interruptible = steps > 1 and (sched.interruptible() or self.overhead.inflight_s > 0)
+        self._cut_for_ready = (  # (only a decode replica of a disaggregated pair receives)
+            self.on_reserve is not None
+            and steps > 1
+            and len(sched.running) < sched.engine.max_num_seqs
+        )
         self._in_stretch = True
+        self._live = (stretch, ends)
         self._stretch_arrivals = []
         try:
             yield env.timeout(max(float(ends[-1]) - env.now, 0.0))
         except simpy.Interrupt:
             # finish the step in progress, then stop
-            steps = min(bisect.bisect_right(ends, env.now) + 1, steps)
+            steps = min(bisect.bisect_right(ends, self._cut_at) + 1, steps)
             yield env.timeout(max(float(ends[steps - 1]) - env.now, 0.0))
-        self._interruptible = False
+        self._interruptible = self._cut_for_ready = False
         self._in_stretch = False
+        self._live = None
         start = self.clock
         self.clock = float(ends[steps - 1])
         self._record_stretch(plan, stretch, steps, start, durations, ends)
         self._finish(sched.commit_stretch(stretch, steps, float(ends[0]), self.clock))
+
+    def _sleep(self):  # type: ignore[no-untyped-def]
+        """Wait for an arrival, an arrived KV or freed blocks; start at their time."""
+        self._wake = self.env.event()
+        at = yield self._wake
+        self._wake = None
+        self.clock = self.env.now if at is None else max(at, self.clock)
+
+    def _reserved(self) -> None:
+        """Report the KV reservations the last schedule made (their transfers start now)."""
+        reserved, self.scheduler.reserved = self.scheduler.reserved, []
+        if self.on_reserve is not None:
+            for request in reserved:
+                self.on_reserve(request, self.clock)
 
     def _drafting_s(self, num_seqs: int) -> float:
         """k sequential draft passes over the decoding sequences (memoised by batch size)."""

@@ -21,6 +21,8 @@ class Request:
         "c0",
         "cached_tokens",
         "computed",
+        "decode_cached_tokens",
+        "decode_replica",
         "decoding",
         "finished_at",
         "first_scheduled_at",
@@ -29,13 +31,18 @@ class Request:
         "hash_block_tokens",
         "held_keys",
         "input_tokens",
+        "kv_transfer_bytes",
+        "kv_transfer_end_at",
+        "kv_transfer_start_at",
         "life",
         "num_output_done",
         "num_preemptions",
         "output_tokens",
+        "prefill_replica",
         "prefix_hashes",
         "reason",
         "registered",
+        "remote_kv",
         "replica",
         "request_id",
         "rho",
@@ -82,6 +89,14 @@ class Request:
         self.block_keys: list[Hashable] | None = None
         self.held_keys: list[Hashable] = []
         self.registered = 0
+        # disaggregated serving (sim/simulate.py): the pair of replicas and the KV handoff
+        self.prefill_replica = -1
+        self.decode_replica = -1
+        self.remote_kv = False  # queued at a decode replica, its KV still to arrive
+        self.decode_cached_tokens = 0  # prompt tokens the decode replica already held
+        self.kv_transfer_bytes = 0
+        self.kv_transfer_start_at = NAN
+        self.kv_transfer_end_at = NAN
 
     def reject(self, reason: str) -> None:
         """Record that the request will never be served, and why."""
@@ -108,6 +123,12 @@ REQUEST_COLUMNS = (
     "num_preemptions",
     "status",
     "reason",
+    "prefill_replica",
+    "decode_replica",
+    "decode_cached_tokens",
+    "kv_transfer_bytes",
+    "kv_transfer_start_at",
+    "kv_transfer_end_at",
 )
 
 

@@ -24,6 +24,17 @@ token counts in the step rows are the group's expected tokens, rounded so they a
 KV reservation: `incremental` allocates blocks as tokens are computed and preempts when
 they run out (vLLM); `full` reserves prompt + whole output (+ k lookahead) at admission
 and never preempts (TensorRT-LLM's GUARANTEED_NO_EVICT; also used with speculation).
+
+Disaggregated serving adds three hooks (the cluster drives them, sim/simulate.py):
+- `prefill_only`: a prefill replica's requests end with their prompt (the first token);
+  the blocks are not freed but held (`held`) until `release_held`, when their KV has left.
+- a request queued with `remote_kv` (its KV will arrive from a prefill replica) is admitted
+  in queue order by reserving blocks for its prompt, less the leading prefix units this
+  replica already caches (only the missing ones are sent); it then waits outside the
+  running set (`num_incoming`; listed in `reserved` for the replica to start the transfer).
+  No free blocks: it waits in the queue, and the prefill side keeps its blocks (backpressure).
+- `activate`: its KV has arrived; at the next step it joins the decode group with its
+  prompt computed and first token emitted (`ready`, while `max_num_seqs` allows).
 """
 
 from __future__ import annotations
@@ -113,6 +124,7 @@ class Scheduler:
         window_tokens: int = 0,
         speculation: Speculation | None = None,
         rng: np.random.Generator | None = None,
+        prefill_only: bool = False,
     ) -> None:
         verify = 1 + (speculation.num_draft_tokens if speculation else 0)
         if engine.max_num_batched_tokens < engine.max_num_seqs * verify:
@@ -146,6 +158,18 @@ class Scheduler:
         self.ends: list[tuple[int, int, Request]] = []  # (end step, life, request) heap
         self.young: list[Request] = []  # decoding requests with context < window
         self.lives = 0  # stamps decode-group memberships (lazy heap deletion)
+        self.end_sum = 0  # Σ finishing step over the decode group (decode steps left)
+        self.prefill_left = 0  # prompt tokens queued or prefilling, still to compute
+        # disaggregated serving (see the module docstring)
+        self.prefill_only = prefill_only
+        self.held: dict[int, tuple[list[Hashable], int]] = {}  # request id -> (keys, blocks)
+        self.reserved: list[Request] = []  # KV reservations made by the last schedule()
+        self.num_incoming = 0  # reserved, KV in transit or ready
+        # request id -> (prefix keys acquired, blocks reserved); applied when it joins (the
+        # request's own fields still belong to its prefill replica until then)
+        self.incoming: dict[int, tuple[list[Hashable], int]] = {}
+        self.remote_queued_tokens = 0  # prompt tokens of queued requests whose KV will come
+        self.ready: deque[Request] = deque()  # KV arrived, to join the decode group
 
     # -- counters the router reads ---------------------------------------------------------
     @property
@@ -154,13 +178,28 @@ class Scheduler:
 
     @property
     def num_outstanding(self) -> int:
-        return len(self.running) + len(self.waiting)
+        return len(self.running) + len(self.waiting) + self.num_incoming
+
+    @property
+    def decode_left(self) -> int:
+        """Decode steps the decode group still has to run, summed over its requests."""
+        return self.end_sum - self.n_dec * self.g
 
     def has_work(self) -> bool:
-        return bool(self.running) or bool(self.waiting)
+        return bool(self.running) or bool(self.waiting) or bool(self.ready)
 
     def add(self, request: Request) -> None:
         self.waiting.append(request)
+        if request.remote_kv:
+            self.remote_queued_tokens += request.input_tokens
+        else:
+            self.prefill_left += request.input_tokens + request.num_output_done
+
+    def prefix_keys(self, r: Request) -> list[Hashable]:
+        """The prompt's prefix keys here ([] without prefix caching or hash ids)."""
+        if self.kv.prefix_caching and r.prefix_hashes:
+            return self._block_keys(r)
+        return []
 
     # -- decode group bookkeeping ------------------------------------------------------------
     def _context(self, r: Request) -> float:
@@ -201,6 +240,7 @@ class Scheduler:
         if self.incremental:
             self.phase[(r.c0 - r.g0) % self.bs] += 1
         heapq.heappush(self.ends, (self.g + steps, r.life, r))
+        self.end_sum += self.g + steps
         if self.window and r.c0 < self.window:
             self.young.append(r)
 
@@ -229,12 +269,16 @@ class Scheduler:
     def _preempt_last(self) -> None:
         """Free the most recently admitted request's blocks; it recomputes from scratch."""
         r = self.running.pop()
+        left = 0  # prompt tokens it still had to compute
         if r.decoding:
             end = self._end_step(r)
             self._leave_decode(r)
+            self.end_sum -= end
             r.num_output_done = r.output_tokens - (end - self.g)
         else:
             self.prefilling.remove(r)
+            left = r.input_tokens + r.num_output_done - r.computed
+        self.prefill_left += r.input_tokens + r.num_output_done - left
         self._release(r)
         r.computed = 0
         r.num_preemptions += 1
@@ -251,21 +295,86 @@ class Scheduler:
         r.table_blocks = 0
         self.kv.free(table - len(held) * self.kv.unit_blocks)
 
+    def _hold(self, r: Request) -> None:
+        """Keep a prefilled request's blocks (prefill_only) until `release_held`."""
+        table = ceil_div(r.computed, self.bs) if self.incremental else r.table_blocks
+        self.held[r.request_id] = (r.held_keys, table)
+        r.held_keys = []
+        r.registered = 0
+        r.table_blocks = 0
+
+    def release_held(self, r: Request) -> None:
+        """Free the blocks of a prefilled request whose KV has left (indexed ones stay cached)."""
+        keys, table = self.held.pop(r.request_id)
+        if keys:
+            self.kv.release(keys)
+        self.kv.free(table - len(keys) * self.kv.unit_blocks)
+
+    def _reserve(self, r: Request) -> bool:
+        """Blocks for a request whose KV will arrive (the queue head); False if they run out.
+
+        Every full prompt unit this replica already caches is reused (the whole prompt's
+        KV arrives, so unlike a prefill nothing has to be recomputed); the rest is sent.
+        """
+        bs, kv = self.bs, self.kv
+        hits = idle = 0
+        keys = self.prefix_keys(r)
+        if keys:
+            hits, idle = kv.match(keys, r.input_tokens // (bs * kv.unit_blocks))
+        if self.incremental:
+            table = ceil_div(r.input_tokens, bs)
+        else:
+            table = ceil_div(r.input_tokens + r.output_tokens + self.lookahead, bs)
+        blocks = table - hits * kv.unit_blocks
+        if blocks + idle * kv.unit_blocks > kv.num_free:
+            return False
+        self.waiting.popleft()
+        self.remote_queued_tokens -= r.input_tokens
+        if hits:
+            kv.acquire(keys[:hits])
+        self.incoming[r.request_id] = (keys[:hits], table)
+        r.decode_cached_tokens = min(hits * kv.unit_blocks * bs, r.input_tokens)
+        kv.allocate(blocks)
+        self.num_incoming += 1
+        self.reserved.append(r)
+        return True
+
+    def activate(self, r: Request) -> None:
+        """The KV of a reserved request has arrived: it joins at the next step."""
+        self.ready.append(r)
+
+    def _join_ready(self) -> None:
+        """Arrived requests join the decode group (prompt computed, first token emitted)."""
+        while self.ready and len(self.running) < self.engine.max_num_seqs:
+            r = self.ready.popleft()
+            self.num_incoming -= 1
+            keys, table = self.incoming.pop(r.request_id)
+            r.held_keys, r.registered = keys, len(keys)
+            r.computed, r.table_blocks = r.input_tokens, table
+            r.remote_kv = False
+            self.running.append(r)
+            if self.kv.prefix_caching and r.block_keys:
+                self._register(r)  # index the prompt units that arrived
+            self._join_decode(r, r.output_tokens - r.num_output_done)
+
     def _block_keys(self, r: Request) -> list[Hashable]:
         """Prefix keys of the prompt's full cache units.
 
         With hash blocks of H tokens a multiple of the engine block size B, a unit is one
         hash block (H/B engine blocks) and its key is the hash id, which names the whole
         prefix up to it. Otherwise a unit is one engine block, named by the hash id covering
-        its last token together with its index.
+        its last token together with its index. (The keys are kept on the request; the
+        unit is set on every cache that uses them: a router or another replica of a
+        disaggregated pair may have computed them first.)
         """
+        per, bs, kv = r.hash_block_tokens, self.bs, self.kv
+        unit = per // bs if per >= bs and per % bs == 0 else 1
+        if kv.unit_blocks != unit:
+            if kv.refs:
+                raise ValueError("requests with different prefix-hash granularities")
+            kv.unit_blocks = unit
         if r.block_keys is None:
-            ids, per, bs, kv = r.prefix_hashes or (), r.hash_block_tokens, self.bs, self.kv
-            unit = per // bs if per >= bs and per % bs == 0 else 1
-            if kv.unit_blocks != unit:
-                if kv.refs:
-                    raise ValueError("requests with different prefix-hash granularities")
-                kv.unit_blocks = unit
+            ids = r.prefix_hashes or ()
             if unit > 1:
                 r.block_keys = list(ids[: r.input_tokens // per])
             else:
@@ -293,6 +402,8 @@ class Scheduler:
     def schedule(self, now: float) -> StepPlan:
         """Decide this step's batch, allocating KV blocks (and preempting if needed)."""
         e, bs, kv = self.engine, self.bs, self.kv
+        if self.ready:
+            self._join_ready()
         preempted = 0
         while True:
             budget = e.max_num_batched_tokens - self.n_dec * self.verify
@@ -321,6 +432,10 @@ class Scheduler:
         admitted = 0
         while self.waiting and budget > 0 and len(self.running) < e.max_num_seqs:
             r = self.waiting[0]
+            if r.remote_kv:
+                if not self._reserve(r):
+                    break
+                continue
             tokens = r.input_tokens + r.num_output_done
             hits = idle = 0
             if kv.prefix_caching and r.prefix_hashes:
@@ -347,6 +462,7 @@ class Scheduler:
             if r.first_scheduled_at != r.first_scheduled_at:  # NaN: first admission
                 r.cached_tokens = cached
             self._admit(r, now, cached)
+            self.prefill_left -= cached
             r.table_blocks = table
             kv.allocate(blocks)
             chunks.append((r, q))
@@ -489,15 +605,18 @@ class Scheduler:
         self.g += steps
         finished: list[Request] = []
         while 0 <= self.next_finish_step() <= self.g:
-            _, _, r = heapq.heappop(self.ends)
+            end, _, r = heapq.heappop(self.ends)
             self._leave_decode(r)
+            self.end_sum -= end
             r.num_output_done = r.output_tokens
             finished.append(r)
         if self.window and self.young:
             self.young = [r for r in self.young if self._context(r) < self.window]
+        handed: list[Request] = []
         for r, q in chunks:
             r.computed += q
-            if r.block_keys:
+            self.prefill_left -= q
+            if r.block_keys and self.kv.prefix_caching:  # (keys may come from another pool)
                 self._register(r)
             if r.computed < r.input_tokens + r.num_output_done:
                 continue
@@ -506,13 +625,20 @@ class Scheduler:
             if r.first_token_at != r.first_token_at:  # NaN: its first token
                 r.first_token_at = first_end_at
             out_left = r.output_tokens - r.num_output_done
-            if out_left > 0:
-                self._join_decode(r, out_left)
-            else:
+            if out_left <= 0:
                 finished.append(r)
+            elif self.prefill_only:
+                handed.append(r)
+            else:
+                self._join_decode(r, out_left)
         for r in finished:
             self._release(r)
             self.running.remove(r)
             r.finished_at = end_at
             r.status = "finished"
+        for r in handed:  # its decode runs elsewhere; the blocks stay until the KV has left
+            self._hold(r)
+            self.running.remove(r)
+            r.status = "prefilled"
+            finished.append(r)
         return finished

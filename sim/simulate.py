@@ -1,16 +1,39 @@
-"""simulate(cfg): a Config in, per-request and per-step frames (plus run facts) out.
+"""simulate(cfg): a Config in, per-request, per-step and per-transfer frames (plus facts) out.
 
 Builds the workload (a real trace slice or a synthetic one), the replicas and the router,
 runs SimPy until every request has finished or been rejected, and returns data. It
 writes no files and collects no metrics: `sim.metrics` derives those from the frames.
+
+Disaggregated serving (cluster.topology = xPyD; replicas and links: sim/cluster.py). The
+driver carries each request through the handoff; no replica calls the router:
+1. arrival: the router (`router.policy`) picks a prefill replica; the request is rejected if
+   either pool could never hold it. With `router.decode_at=arrival` the decode replica is
+   picked now (`router.decode_policy`), else at the handoff.
+2. the prefill replica computes the prompt (skipping its cached prefix blocks) and emits the
+   first token at the end of the step that completes it: TTFT is measured there (the prefill
+   side streams that token to the client at once). It keeps the prompt's blocks.
+3. handoff (at that step's end; with `link.overlap`, at the start of the step running the
+   last prompt chunk): the request queues at its decode replica, which admits it in queue
+   order by reserving blocks for the prompt less the prefix units it already caches. No
+   blocks: it waits (backpressure; the prefill replica still holds its blocks).
+4. reserved at time t0: the transfer of the missing tokens' KV (bytes at the prefill side's KV
+   format) starts at t0 over the path's links (sim/link.py): alone it ends at
+   t0 + latency + bytes / bandwidth; concurrent transfers share links (fair or fifo).
+   With `link.overlap` the KV streams layer by layer while the last chunk runs, so the
+   transfer ends at the later of its own end and prefill_end + latency + (bytes / layers) /
+   bottleneck bandwidth: the last layer's share always follows the prefill.
+5. transfer end (and prefill end): the prefill replica frees the blocks (indexed ones stay
+   cached), the decode replica indexes the arrived units and, at its next step boundary,
+   runs the request as a 1-token decode step with prompt computed and first token emitted.
 """
 
 from __future__ import annotations
 
 import gc
+import math
 import sys
 from collections.abc import Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +42,14 @@ import pandas as pd
 import simpy
 from omegaconf import DictConfig, OmegaConf
 
-from sim.cluster import build_plan, build_replicas
-from sim.config import Config, LengthConfig, WorkloadConfig
-from sim.plan import memory_plan
+from sim.cluster import Cluster, build_cluster, kv_transfer_bytes
+from sim.config import Config, LengthConfig, RouterConfig, WorkloadConfig
+from sim.link import Transfer
+from sim.plan import ReplicaPlan, memory_plan
 from sim.replica import STEP_COLUMNS, Replica
 from sim.request import Request, request_rows
-from sim.router import RouterState, get_policy
+from sim.router import Router, RouterState
+from sim.scheduler import StepPlan
 from sim.trace import (
     BUNDLED_FILES,
     LengthDist,
@@ -36,12 +61,30 @@ from sim.trace import (
     synthetic,
 )
 
+TRANSFER_COLUMNS: dict[str, str] = {
+    "request_id": "int64",
+    "prefill_replica": "int64",
+    "decode_replica": "int64",
+    "kind": "str",  # nvlink | rdma
+    "links": "str",  # the path's link names, ' > '-joined
+    "num_bytes": "float64",
+    "start_at": "float64",  # decode blocks reserved, transfer begins
+    "ready_at": "float64",  # after the path's latency: bytes start to move
+    "sent_at": "float64",  # last byte arrived
+    "end_at": "float64",  # KV usable at the decode replica (>= sent_at with link.overlap)
+}
+
+
+def empty_transfers() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in TRANSFER_COLUMNS.items()})
+
 
 @dataclass(frozen=True)
 class SimResult:
     requests: pd.DataFrame
     steps: pd.DataFrame
     meta: dict[str, Any]
+    transfers: pd.DataFrame = field(default_factory=empty_transfers)  # disaggregated runs
 
 
 def to_config(cfg: Config | DictConfig) -> Config:
@@ -139,33 +182,76 @@ def make_requests(trace: Trace) -> list[Request]:
 
 
 class Driver:
-    """Feeds requests to the router: at trace times (open loop) or N in flight (closed)."""
+    """Feeds requests to the router: at trace times (open loop) or N in flight (closed).
+
+    In a disaggregated cluster it also carries each request from its prefill replica over a
+    KV link to its decode replica (the module docstring gives the steps).
+    """
 
     def __init__(
         self,
         env: simpy.Environment,
         requests: list[Request],
-        replicas: list[Replica],
-        policy_name: str,
+        cluster: Cluster,
+        router: RouterConfig,
         rng: np.random.Generator,
         concurrency: int,
     ) -> None:
+        if router.decode_at not in ("arrival", "handoff"):
+            raise ValueError(f"router.decode_at={router.decode_at!r}: use arrival or handoff")
         self.env = env
         self.requests = requests
-        self.replicas = replicas
-        self.policy = get_policy(policy_name)
-        self.state = RouterState(rng)
+        self.cluster = cluster
         self.concurrency = concurrency
         self.in_flight = 0
+        self.num_done = 0
         self._slot: simpy.Event | None = None
+        self.disaggregated = cluster.disaggregated
+        self.front = cluster.prefill or cluster.replicas
+        self.router = self._router(self.front, router.policy, router, rng)
+        self.decode_router = (
+            self._router(cluster.decode, router.decode_policy, router, rng)
+            if cluster.decode
+            else None
+        )
+        self.decode_at_arrival = router.decode_at == "arrival"
+        self.overlap = cluster.link.overlap
+        self.transfers: list[tuple[Request, Transfer]] = []
+        self._prefill_end: dict[int, float] = {}  # overlap: end of the last prompt chunk
+
+    def _router(
+        self, replicas: list[Replica], policy: str, cfg: RouterConfig, rng: np.random.Generator
+    ) -> Router:
+        state = RouterState(
+            rng,
+            load_weight=cfg.load_weight,
+            decode_weight=cfg.decode_weight,
+            affinity_slack=cfg.affinity_slack,
+        )
+        return Router(
+            self.env,
+            replicas,
+            policy,
+            state,
+            period_s=cfg.publish_period_s,
+            delay_s=cfg.publish_delay_s,
+            running=self._running,
+        )
+
+    def _running(self) -> bool:
+        """Requests still to serve (and events besides the router's own)."""
+        return self.num_done < len(self.requests) and self.env.peek() < math.inf
 
     def route(self, request: Request) -> None:
-        index = self.policy(self.replicas, request, self.state)
-        self.replicas[index].submit(request)
+        if self.disaggregated:
+            self._route_pair(request)
+        else:
+            self.front[self.router.pick(request)].submit(request)
         if request.status == "rejected":
             self.done(request)
 
     def done(self, request: Request) -> None:
+        self.num_done += 1
         self.in_flight -= 1
         if self._slot is not None and not self._slot.triggered:
             self._slot.succeed()
@@ -189,6 +275,96 @@ class Driver:
             request.arrival_at = env.now
             self.in_flight += 1
             self.route(request)
+
+    # -- disaggregated serving ----------------------------------------------------------------
+    def _route_pair(self, request: Request) -> None:
+        prefill, decode = self.cluster.prefill, self.cluster.decode
+        reason = prefill[0].rejection(request) or decode[0].rejection(request)  # pools alike
+        if reason:
+            request.reject(reason)
+            return
+        replica = prefill[self.router.pick(request)]
+        request.prefill_replica = replica.index
+        if self.decode_at_arrival:
+            self._pick_decode(request)
+        replica.submit(request)
+
+    def _pick_decode(self, request: Request) -> None:
+        assert self.decode_router is not None
+        request.decode_replica = self.cluster.decode[self.decode_router.pick(request)].index
+
+    def on_finish(self, request: Request) -> None:
+        """A replica finished `request`, or (status 'prefilled') finished its prefill."""
+        if request.status == "finished":
+            self.done(request)
+        elif not self.overlap:
+            self._hand_off(request)
+        elif request.kv_transfer_end_at == request.kv_transfer_end_at:  # its KV already left
+            self._arrived(request, max(request.kv_transfer_end_at, request.first_token_at))
+
+    def on_step_start(self, plan: StepPlan, start_at: float, end_at: float) -> None:
+        """link.overlap: hand off the requests whose last prompt chunk runs in this step."""
+        for r, q in plan.chunks:
+            done = r.num_output_done
+            if r.computed + q == r.input_tokens + done and r.output_tokens > done + 1:
+                self._prefill_end[r.request_id] = end_at
+                self._hand_off(r)
+
+    def _hand_off(self, request: Request) -> None:
+        if request.decode_replica < 0:
+            self._pick_decode(request)
+        self.cluster.replicas[request.decode_replica].receive(request)
+
+    def on_reserve(self, request: Request, at: float) -> None:
+        """The decode replica reserved blocks for `request` at `at`: its KV starts to move."""
+        cluster = self.cluster
+        assert cluster.network is not None
+        prefill = cluster.replicas[request.prefill_replica]
+        decode = cluster.replicas[request.decode_replica]
+        links = cluster.path(prefill, decode)
+        num_bytes = kv_transfer_bytes(
+            prefill.plan, request.input_tokens, request.decode_cached_tokens
+        )
+        not_before = 0.0
+        if self.overlap:  # the last layer's KV leaves after the prefill's last layer
+            bottleneck = min(x.bytes_per_s for x in links)
+            layer_s = num_bytes / prefill.plan.model.num_layers / bottleneck
+            latency = max(x.latency_s for x in links)
+            not_before = self._prefill_end.pop(request.request_id) + latency + layer_s
+        request.kv_transfer_bytes = round(num_bytes)
+        request.kv_transfer_start_at = at
+        transfer = cluster.network.start(
+            links, num_bytes, at, lambda t: self._sent(request, t), not_before
+        )
+        self.transfers.append((request, transfer))
+
+    def _sent(self, request: Request, transfer: Transfer) -> None:
+        request.kv_transfer_end_at = transfer.end_at
+        if request.status == "prefilled":  # (with overlap it may still be prefilling)
+            self._arrived(request, transfer.end_at)
+
+    def _arrived(self, request: Request, at: float) -> None:
+        self.cluster.replicas[request.prefill_replica].release_held(request, at)
+        self.cluster.replicas[request.decode_replica].activate(request, at)
+
+    def transfer_frame(self) -> pd.DataFrame:
+        """One row per KV transfer (TRANSFER_COLUMNS)."""
+        pairs = self.transfers
+        if not pairs:
+            return empty_transfers()
+        rows = {
+            "request_id": [r.request_id for r, _ in pairs],
+            "prefill_replica": [r.prefill_replica for r, _ in pairs],
+            "decode_replica": [r.decode_replica for r, _ in pairs],
+            "kind": [t.links[0].kind for _, t in pairs],
+            "links": [" > ".join(x.name for x in t.links) for _, t in pairs],
+            "num_bytes": [t.num_bytes for _, t in pairs],
+            "start_at": [t.start_at for _, t in pairs],
+            "ready_at": [t.ready_at for _, t in pairs],
+            "sent_at": [t.sent_at for _, t in pairs],
+            "end_at": [t.end_at for _, t in pairs],
+        }
+        return pd.DataFrame(rows).astype(TRANSFER_COLUMNS)
 
 
 def _run(env: simpy.Environment, horizon_s: float, progress: bool) -> None:
@@ -225,30 +401,44 @@ def simulate(cfg: Config | DictConfig) -> SimResult:
     cfg = to_config(cfg)
     rng = np.random.default_rng(cfg.seed)
     trace = build_trace(cfg.workload, rng)
-    plan = build_plan(cfg)
     env = simpy.Environment()
     requests = make_requests(trace)
     closed = cfg.workload.concurrency > 0
     driver_box: list[Driver] = []
 
     def on_finish(request: Request) -> None:
-        driver_box[0].done(request)
+        driver_box[0].on_finish(request)
 
-    replicas = build_replicas(env, cfg, plan, on_finish)
-    driver = Driver(env, requests, replicas, cfg.router.policy, rng, cfg.workload.concurrency)
+    def on_reserve(request: Request, at: float) -> None:
+        driver_box[0].on_reserve(request, at)
+
+    def on_step_start(plan: StepPlan, start_at: float, end_at: float) -> None:
+        driver_box[0].on_step_start(plan, start_at, end_at)
+
+    cluster = build_cluster(env, cfg, on_finish, on_reserve, on_step_start)
+    driver = Driver(env, requests, cluster, cfg.router, rng, cfg.workload.concurrency)
     driver_box.append(driver)
     env.process(driver.closed_loop() if closed else driver.open_loop())
     _run(env, float(trace.arrival_s[-1]) if not closed else 0.0, cfg.progress)
-    check_conservation(requests, replicas)
+    check_conservation(requests, cluster.replicas)
+    meta = run_meta(cluster)
+    meta["workload"] = trace.source
+    meta["seed"] = cfg.seed
+    return SimResult(
+        requests_frame(requests), steps_frame(cluster.replicas), meta, driver.transfer_frame()
+    )
+
+
+def _plan_meta(plan: ReplicaPlan, replicas: int) -> dict[str, Any]:
     mem = memory_plan(plan)
-    meta = {
+    return {
         "model": plan.model.name,
         "gpu": plan.gpu.name,
         "tp": plan.tp,
         "layout": plan.layout,
         "gpus_per_replica": plan.num_gpus,
-        "replicas": len(replicas),
-        "num_gpus": plan.num_gpus * len(replicas),
+        "replicas": replicas,
+        "num_gpus": plan.num_gpus * replicas,
         "engine": plan.engine.name,
         "formats": {
             "weights": plan.weight_format,
@@ -260,10 +450,47 @@ def simulate(cfg: Config | DictConfig) -> SimResult:
         "kv_capacity_tokens_per_replica": mem.kv_capacity_tokens,
         "weight_gb_per_gpu": mem.weight_bytes_per_gpu / 1e9,
         "notes": list(plan.notes),
-        "workload": trace.source,
-        "seed": cfg.seed,
     }
-    return SimResult(requests_frame(requests), steps_frame(replicas), meta)
+
+
+def run_meta(cluster: Cluster) -> dict[str, Any]:
+    """Run facts: an aggregated replica's plan; disaggregated, the decode pool's plan at the
+    top level (GPUs and replicas counted over both pools) plus `pools` and `links`."""
+    if not cluster.disaggregated:
+        meta = _plan_meta(cluster.plans["replica"], len(cluster.replicas))
+        meta["topology"] = "aggregated"
+        return meta
+    pools = {}
+    for name, members in (("prefill", cluster.prefill), ("decode", cluster.decode)):
+        pools[name] = {
+            **_plan_meta(cluster.plans[name], len(members)),
+            "indices": [r.index for r in members],
+            "nodes": [cluster.placement[r.index][0] for r in members],
+        }
+    p, d = pools["prefill"], pools["decode"]
+    x, y = len(cluster.prefill), len(cluster.decode)
+    meta = {k: v for k, v in d.items() if k not in ("indices", "nodes")}
+    meta.update(
+        topology=f"{x}P{y}D",
+        replicas=x + y,
+        num_gpus=p["num_gpus"] + d["num_gpus"],
+        pools=pools,
+        links=[
+            {"name": k.name, "kind": k.kind, "bytes_per_s": k.bytes_per_s, "latency_s": k.latency_s}
+            for k in cluster.links
+        ],
+    )
+    for key in ("gpu", "layout"):
+        if p[key] != d[key]:
+            meta[key] = f"{p[key]} (prefill) / {d[key]} (decode)"
+    kinds = ", ".join(sorted({k.kind for k in cluster.links})) or "no link used"
+    meta["notes"] = [
+        f"disaggregated {x}P{y}D: prefill {x} x {p['layout']} {p['gpu']} (replicas "
+        f"{p['indices'][0]}-{p['indices'][-1]}), decode {y} x {d['layout']} {d['gpu']}; "
+        f"KV ({p['formats']['kv_cache']}) over {kinds}",
+        *dict.fromkeys([*p["notes"], *d["notes"]]),
+    ]
+    return meta
 
 
 def check_conservation(requests: list[Request], replicas: list[Replica]) -> None:
@@ -275,7 +502,9 @@ def check_conservation(requests: list[Request], replicas: list[Replica]) -> None
         elif r.status != "rejected":
             raise RuntimeError(f"{r} neither finished nor rejected")
     for rep in replicas:
-        if rep.kv.num_free != rep.kv.num_blocks or rep.scheduler.has_work():
+        sched = rep.scheduler
+        busy = sched.has_work() or sched.held or sched.num_incoming
+        if rep.kv.num_free != rep.kv.num_blocks or busy:
             raise RuntimeError(f"replica {rep.index} ended with blocks held or work queued")
 
 

@@ -139,3 +139,36 @@ def test_an_arrival_cuts_a_stretch_at_the_next_step_boundary() -> None:
     assert b.first_scheduled_at == pytest.approx(0.030)
     assert b.first_token_at == pytest.approx(0.040)
     assert math.isclose(a.finished_at, 0.5, rel_tol=1e-12)
+
+
+def test_stretches_equal_stepping_with_engine_cpu_costs() -> None:
+    """CPU per step and per request in flight, overlapped or added: same numbers."""
+    from sim.config import EngineConfig
+    from sim.simulate import simulate
+    from tests.factories import small_config
+
+    for overlap in (False, True):
+        engine = EngineConfig(
+            step_overhead_s=0.002,
+            inflight_overhead_s=3e-5,
+            overlap_scheduling=overlap,
+            request_overhead_s=0.02,
+        )
+        a = simulate(small_config(engine=engine, fast_forward=True))
+        b = simulate(small_config(engine=engine, fast_forward=False))
+        pd.testing.assert_frame_equal(a.requests, b.requests, check_exact=True)
+        pd.testing.assert_frame_equal(a.steps, b.steps, check_exact=True)
+        # the front end delays every request's first scheduling by 20 ms
+        req = a.requests
+        assert ((req["first_scheduled_at"] - req["arrival_at"]) >= 0.02 - 1e-12).all()
+
+
+def test_overlapped_cpu_hides_under_gpu_time() -> None:
+    model = LinearStepModel(0.010)
+    from sim.step_time import EngineOverhead
+
+    added, hidden = EngineOverhead(0.004, 0.0, False), EngineOverhead(0.004, 0.0, True)
+    assert added.step_seconds(0.010, 0.004) == 0.014
+    assert hidden.step_seconds(0.010, 0.004) == 0.010
+    assert hidden.step_seconds(0.002, 0.004) == 0.004  # CPU-bound steps take the CPU time
+    assert model.token_seconds(1, 1) == 0.010
