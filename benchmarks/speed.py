@@ -1,7 +1,8 @@
 """Simulator speed on the reference workload; prints figures (not part of the test suite).
 
 Reference workload: Poisson 4 req/s, prompt uniform in [512, 2048], output uniform in
-[128, 256], Llama-2-70B on one H100-SXM TP=4 replica (BF16), vLLM preset. Each size runs
+[128, 256], Llama-2-70B on one H100-SXM TP=4 replica (BF16), the vLLM engine preset (the
+command line's default, with its calibrated CPU costs). Each size runs
 in a fresh process so its peak memory (max RSS) is its own.
 
     python benchmarks/speed.py            # 10^4 and 10^5 requests
@@ -17,7 +18,14 @@ import subprocess
 import sys
 import time
 
-from sim.config import ClusterConfig, Config, LengthConfig, ModelConfig, WorkloadConfig
+from sim.config import (
+    ClusterConfig,
+    Config,
+    LengthConfig,
+    ModelConfig,
+    WorkloadConfig,
+    engine_preset,
+)
 from sim.simulate import simulate
 
 
@@ -33,6 +41,7 @@ def reference_config(num_requests: int) -> Config:
             input=LengthConfig("uniform", low=512, high=2048),
             output=LengthConfig("uniform", low=128, high=256),
         ),
+        engine=engine_preset("vllm"),
         progress=False,
         write_plots=False,
     )

@@ -1,21 +1,41 @@
 """Structured configs (Hydra schema): YAML values in, typed dataclasses out.
 
-The values live in `experiments/` (config groups hardware, model, cluster, engine, router,
-workload, technique); these dataclasses are the schema Hydra checks them against, so a
+The values live in `experiments/` (config groups hardware, model, cluster, topology, engine,
+router, workload, technique); these dataclasses are the schema Hydra checks them against, so a
 typo in a key is Hydra's error naming the key, never a traceback from the simulator.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
 
 
 @dataclass
 class ModelConfig:
     name: str = "Llama-3.1-8B"  # a profile in hardware_profiles/models (name or alias)
+
+
+@dataclass
+class PoolConfig:
+    """One pool of a disaggregated cluster (cluster.prefill / cluster.decode).
+
+    0 and "" inherit the cluster-level value (cluster.gpu, .tp, ...); `technique` entries
+    replace the top-level technique of the same name (null removes it), new ones follow.
+    """
+
+    replicas: int = 0  # 0: from cluster.topology (xPyD)
+    gpu: str = ""
+    tp: int = 0
+    pp: int = 0
+    ep: int = 0
+    dp_attention: int = 0
+    nodes: list[int] = field(default_factory=list)  # scale-up domain of each replica (placement)
+    technique: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -27,6 +47,12 @@ class ClusterConfig:
     ep: int = 1  # expert-parallel ranks (MoE; divides the experts and tp x dp_attention)
     dp_attention: int = 1  # attention data-parallel groups of tp GPUs (MoE; needs ep = tp x dp)
     ep_skew: float = 0.0  # busiest EP rank's extra expert load (0.2 = 20 % above the mean)
+    # aggregated | xPyD (1P1D, 2P4D: x prefill and y decode replicas, sim/cluster.py) |
+    # disaggregated (pool sizes from prefill.replicas and decode.replicas)
+    topology: str = "aggregated"
+    prefill: PoolConfig = field(default_factory=PoolConfig)
+    decode: PoolConfig = field(default_factory=PoolConfig)
+    placement: str = "packed"  # packed | separate (pools on their own nodes) | pool .nodes
 
 
 @dataclass
@@ -39,7 +65,7 @@ class EngineConfig:
     enable_chunked_prefill: bool = True
     max_model_len: int = 0  # 0 = the model's max_position_embeddings
     step_overhead_s: float = 0.0  # CPU per step: scheduling, launches not hidden by graphs
-    seq_overhead_s: float = 0.0  # CPU per sequence per step: bookkeeping, sampling, output
+    inflight_overhead_s: float = 0.0  # CPU per step per request in flight (running or waiting)
     overlap_scheduling: bool = False  # CPU of step n+1 overlaps GPU of step n (max, not sum)
     request_overhead_s: float = 0.0  # arrival to engine queue: API server, tokenization
     runtime_reserve_bytes: float = 1.5e9  # CUDA context, NCCL buffers, graphs
@@ -48,7 +74,30 @@ class EngineConfig:
 
 @dataclass
 class RouterConfig:
-    policy: str = "round_robin"  # round_robin | random | least_outstanding
+    """Routing policies and what the router sees (sim/router.py documents each policy)."""
+
+    # round_robin | random | least_outstanding | least_tokens | least_kv | power_of_two |
+    # session_affinity | kv_aware (disaggregated: picks the prefill replica)
+    policy: str = "round_robin"
+    decode_policy: str = "least_kv"  # disaggregated: picks the decode replica
+    decode_at: str = "handoff"  # disaggregated: pick the decode replica at handoff | arrival
+    load_weight: float = 1.0  # kv_aware: cost = prompt tokens to compute + this x queued work
+    decode_weight: float = 0.1  # kv_aware: queued work = prompt tokens left + this x decode
+    affinity_slack: int = 8  # session_affinity: leave a replica this much busier than the least
+    publish_period_s: float = 0.0  # 0: live counters; > 0: replicas publish snapshots this often
+    publish_delay_s: float = 0.0  # a snapshot reaches the router this late
+
+
+@dataclass
+class LinkConfig:
+    """KV transfer links of a disaggregated cluster (sim/link.py, sim/cluster.py)."""
+
+    fairness: str = "fair"  # fair (max-min share) | fifo
+    overlap: bool = False  # stream KV layer by layer during the prefill's last chunk
+    rdma_latency_s: float = 1e-4  # per transfer across nodes (NIC, RDMA)
+    nvlink_latency_s: float = 2e-5  # per transfer inside a scale-up domain
+    rdma_gb_s: float = 0.0  # per GPU; 0: the GPU profile's NIC line rate
+    nvlink_gb_s: float = 0.0  # per GPU, one direction; 0: the GPU profile's scale-up bandwidth
 
 
 @dataclass
@@ -114,6 +163,28 @@ class Config:
     fast_forward: bool = True  # plan pure-decode stretches in one event
     progress: bool = True  # progress bar on a terminal for long runs
     write_plots: bool = True
+    link: LinkConfig = field(default_factory=LinkConfig)  # disaggregated KV transfers
+
+
+ENGINE_PRESETS_DIR = Path(__file__).resolve().parent.parent / "experiments" / "engine"
+
+
+def engine_preset(name: str, presets_dir: Path | None = None) -> EngineConfig:
+    """An engine preset (experiments/engine/NAME.yaml) as an EngineConfig.
+
+    `EngineConfig()` itself is a bare vLLM-like engine with no CPU costs (handy for tests
+    and what-ifs); the presets add each engine's documented limits and calibrated costs,
+    and are what the command line uses (`engine=vllm` by default).
+    """
+    folder = presets_dir or ENGINE_PRESETS_DIR
+    path = folder / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
+        raise ValueError(f"unknown engine preset {name!r}: use one of {known}")
+    merged = OmegaConf.merge(OmegaConf.structured(EngineConfig), OmegaConf.load(path))
+    cfg = OmegaConf.to_object(merged)
+    assert isinstance(cfg, EngineConfig)
+    return cfg
 
 
 def register_configs() -> None:

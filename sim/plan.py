@@ -74,7 +74,7 @@ class EngineSpec:
     enable_chunked_prefill: bool = True
     max_model_len: int = 0  # 0 = the model's max_position_embeddings
     step_overhead_s: float = 0.0  # CPU per step: scheduling, launches not hidden by graphs
-    seq_overhead_s: float = 0.0  # CPU per sequence per step: bookkeeping, sampling, output
+    inflight_overhead_s: float = 0.0  # CPU per step per request in flight (running or waiting)
     overlap_scheduling: bool = False  # CPU work of step n+1 overlaps GPU work of step n
     request_overhead_s: float = 0.0  # arrival to engine queue: API server, tokenization
     runtime_reserve_bytes: float = 1.5e9  # CUDA context, NCCL buffers, CUDA graphs
@@ -211,6 +211,15 @@ def expert_rate_key(plan: ReplicaPlan) -> str:
     """As `compute_rate_key`, for the routed experts' GEMMs (their own weight format)."""
     _rate_key(plan.gpu, fmt(plan.activation_format), "activation")
     return _rate_key(plan.gpu, gemm_format(plan, plan.expert_format), "activation")
+
+
+def attention_rate_key(plan: ReplicaPlan) -> str:
+    """Attention runs at 16-bit (FlashAttention-style kernels), or FP8 when the KV cache is
+    FP8 and the GPU has an FP8 rate; never at an FP4 GEMM rate."""
+    gpu = plan.gpu
+    if fmt(plan.kv_format).rate_key == "fp8" and "fp8" in gpu.peak_flops_per_s:
+        return "fp8"
+    return "bf16" if "bf16" in gpu.peak_flops_per_s else "fp16"
 
 
 def achievable_flops_per_s(gpu: GPUSpec, rate_key: str) -> float:
@@ -353,7 +362,7 @@ class CostParams:
 # (read gate+up, write out). Documented estimate; the calibration bounds its effect.
 ACT_PASSES_HIDDEN = 12.0
 ACT_PASSES_INTERMEDIATE = 3.0
-ATTENTION_FRACTION_OF_MATMUL = 0.5  # flash-attention FLOP/s relative to large GEMMs
+ATTENTION_FRACTION_OF_MATMUL = 0.4  # flash-attention FLOP/s relative to large GEMMs
 
 
 def cost_params(plan: ReplicaPlan) -> CostParams:
@@ -402,7 +411,8 @@ def cost_params(plan: ReplicaPlan) -> CostParams:
         kv_bytes_per_token_window=kv_tok_window,
         act_bytes_per_token=act * ab * s / dp,
         gemm_rate_flops_per_s=gemm_rate,
-        attn_rate_flops_per_s=gemm_rate * ATTENTION_FRACTION_OF_MATMUL,
+        attn_rate_flops_per_s=achievable_flops_per_s(gpu, attention_rate_key(plan))
+        * ATTENTION_FRACTION_OF_MATMUL,
         hbm_bytes_per_s=gpu.hbm_bw_bytes_per_s * eff.hbm_frac,
         allreduce_count=2 * plan.stage_layers if tp > 1 else 0,
         allreduce_bytes_per_token=m.hidden_size * 2.0 / dp,

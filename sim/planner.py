@@ -32,10 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
 from sim.cluster import engine_spec, layout_plan
-from sim.config import ClusterConfig, EngineConfig
+from sim.config import ClusterConfig, engine_preset
 from sim.dtypes import get_format
 from sim.hardware import GPUSpec, ModelSpec, ProfileError, load_gpu, load_model
 from sim.plan import EngineSpec, PlanError, ReplicaPlan, cost_params, memory_plan
@@ -156,14 +154,7 @@ def _powers_of_two(limit: int) -> list[int]:
 
 def load_engine(name: str) -> EngineSpec:
     """An engine preset from experiments/engine/NAME.yaml."""
-    path = ENGINE_DIR / f"{name}.yaml"
-    if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in ENGINE_DIR.glob("*.yaml")))
-        raise ValueError(f"unknown engine {name!r}: use one of {known}")
-    merged = OmegaConf.merge(OmegaConf.structured(EngineConfig), OmegaConf.load(path))
-    cfg = OmegaConf.to_object(merged)
-    assert isinstance(cfg, EngineConfig)
-    return engine_spec(cfg)
+    return engine_spec(engine_preset(name, ENGINE_DIR))
 
 
 def prefill_seconds(

@@ -23,9 +23,11 @@ T = tokens in the step; `pairs` = Σ over scheduled tokens of the context they a
 `read` = KV tokens read. Expected experts touched per layer with T tokens choosing k of E
 uniformly: E·(1 − (1 − k/E)^T).
 
-The engine's CPU time (scheduling, sampling, output processing, launches not hidden by
-CUDA graphs) is `EngineOverhead`: fixed + per-sequence seconds a step, added to the GPU
-time, or overlapped with it (max) by engines that schedule step n+1 while step n runs.
+The engine's CPU time (scheduling, sampling, output processing and streaming, launches not
+hidden by CUDA graphs) is `EngineOverhead`: fixed seconds a step plus seconds per request
+in flight (running or waiting: the serving front end and scheduler touch every open
+request each step), added to the GPU time, or overlapped with it (max) by engines that
+schedule step n+1 while step n runs.
 
 `token_seconds` covers the terms that depend only on (T, S); `attention_seconds` the terms
 that grow with context. Both accept numpy arrays for attention inputs so a stretch of pure
@@ -59,22 +61,22 @@ class EngineOverhead(NamedTuple):
     """The engine's CPU work per step and whether it overlaps the GPU's (engine preset)."""
 
     step_s: float = 0.0  # fixed per step
-    seq_s: float = 0.0  # per sequence in the batch
+    inflight_s: float = 0.0  # per request in flight (running or waiting) per step
     overlap: bool = False  # True: step = max(GPU, CPU); False: GPU + CPU
 
-    def cpu_seconds(self, num_seqs: int) -> float:
-        return self.step_s + self.seq_s * num_seqs
+    def cpu_seconds(self, num_inflight: int) -> float:
+        return self.step_s + self.inflight_s * num_inflight
 
     def step_seconds(self, gpu_s: float, cpu_s: float) -> float:
         return max(gpu_s, cpu_s) if self.overlap else gpu_s + cpu_s
 
     @classmethod
     def of(cls, engine: EngineSpec) -> EngineOverhead:
-        return cls(engine.step_overhead_s, engine.seq_overhead_s, engine.overlap_scheduling)
+        return cls(engine.step_overhead_s, engine.inflight_overhead_s, engine.overlap_scheduling)
 
-    def total_seconds(self, model: Roofline, shape: StepShape, num_seqs: int) -> float:
-        """One engine step: the GPU time of `shape` with the CPU time of `num_seqs`."""
-        return self.step_seconds(model.step_seconds(shape), self.cpu_seconds(num_seqs))
+    def total_seconds(self, model: Roofline, shape: StepShape, num_inflight: int) -> float:
+        """One engine step: the GPU time of `shape` with the CPU time of its requests."""
+        return self.step_seconds(model.step_seconds(shape), self.cpu_seconds(num_inflight))
 
 
 class StepTimeModel(Protocol):

@@ -92,21 +92,24 @@ def test_h100_converts_to_si() -> None:
     assert "fp4" not in gpu.peak_flops_per_s
     assert gpu.block_scaled_formats == ()
     assert gpu.hbm_bw_bytes_per_s == pytest.approx(3.35e12)
-    assert gpu.hbm_bytes == pytest.approx(80e9)
+    assert gpu.hbm_bytes == 81559 * 2**20  # nvidia-smi total
     assert gpu.scaleup_bw_bytes_per_s == pytest.approx(450e9)
     assert gpu.scaleup_domain_gpus == 8
     assert gpu.nic_bw_bytes_per_s == pytest.approx(50e9)  # 400 Gbit/s
     assert gpu.tdp_w == 700
-    assert gpu.efficiency.allreduce_latency_s == pytest.approx(40.1e-6)
+    assert gpu.efficiency.allreduce_latency_s == pytest.approx(45e-6)
 
 
-def test_h100_efficiency_reproduces_measurements() -> None:
-    # calibration_targets.csv mamf_h100_bf16 (794.5 TFLOP/s), hbm_h100_triad (2.97 TB/s) and
-    # hardware_specs.csv H100 FP8 MAMF (1402.6 TFLOP/s).
+def test_serving_efficiencies_stay_below_the_measured_best_case() -> None:
+    # The profile holds serving efficiencies fitted by benchmarks/calibrate.py; the
+    # microbenchmarks bound them from above (calibration_targets.csv mamf_h100_bf16
+    # 794.5 TFLOP/s, hbm_h100_triad 2.97 TB/s; hardware_specs.csv H100 FP8 MAMF 1402.6).
     gpu = load_gpu("h100")
-    assert gpu.achievable_flops_per_s("bf16") == pytest.approx(794.5e12, rel=2e-3)
-    assert gpu.achievable_flops_per_s("fp8") == pytest.approx(1402.6e12, rel=2e-3)
-    assert gpu.achievable_hbm_bw_bytes_per_s == pytest.approx(2.97e12, rel=2e-3)
+    for key, measured in (("bf16", 794.5e12), ("fp8", 1402.6e12)):
+        assert 0.6 * measured <= gpu.achievable_flops_per_s(key) <= measured
+    assert 0.6 * 2.97e12 <= gpu.achievable_hbm_bw_bytes_per_s <= 2.97e12
+    assert gpu.achievable_flops_per_s("bf16") == 989.4e12 * 0.65  # the fitted values
+    assert gpu.achievable_hbm_bw_bytes_per_s == 3.35e12 * 0.7242
     with pytest.raises(KeyError, match="fp4"):
         gpu.achievable_flops_per_s("fp4")
 
@@ -114,11 +117,12 @@ def test_h100_efficiency_reproduces_measurements() -> None:
 def test_h100_allreduce_fits_nccl_measurements() -> None:
     # calibration_targets.csv nccl_h100x8_allreduce: bus bandwidth (GB/s) by message size.
     gpu = load_gpu("h100")
-    # A two-parameter model misses the 16 MB point by 17% and the others by <= 10%.
+    # A two-parameter model (latency 45 us, fitted on serving data; the NCCL-only fit gave
+    # 40.1 us) misses the 1 MB and 16 MB points by < 18% and the others by <= 10%.
     measured = {2**20: 43.7, 2**24: 234.5, 2**26: 361.8, 2**28: 423.4, 2**33: 478.87}
     for size_bytes, busbw_gb_s in measured.items():
         busbw = size_bytes * 2 * 7 / 8 / gpu.allreduce_s(size_bytes, 8)
-        rel = 0.18 if size_bytes == 2**24 else 0.1
+        rel = 0.18 if size_bytes <= 2**24 else 0.1
         assert busbw == pytest.approx(busbw_gb_s * 1e9, rel=rel)
     assert gpu.allreduce_s(2**20, 1) == 0.0
 
@@ -131,7 +135,7 @@ def test_other_gpu_facts() -> None:
     assert load_gpu("h800").peak_flops_per_s == load_gpu("h100").peak_flops_per_s
     assert load_gpu("a100").nic_bw_bytes_per_s == pytest.approx(25e9)
     assert "fp8" not in load_gpu("a100").peak_flops_per_s
-    assert load_gpu("mi300x").hbm_bytes == pytest.approx(192e9)
+    assert load_gpu("mi300x").hbm_bytes == 192 * 2**30
 
 
 def test_supports_format() -> None:
@@ -324,11 +328,11 @@ def _write(folder: Path, kind: str, filename: str, data: dict[str, Any]) -> Path
 
 
 def test_user_profile_dir(tmp_path: Path) -> None:
-    gpu = _h100_data() | {"name": "My-GPU", "aliases": ["mine"], "hbm_gb": 96}
+    gpu = _h100_data() | {"name": "My-GPU", "aliases": ["mine"], "hbm_gib": 96}
     _write(tmp_path, "gpus", "my.yaml", gpu)
     _write(tmp_path, "models", "tiny.yml", MOE_MODEL)
     assert list_gpus(tmp_path) == ["My-GPU"]
-    assert load_gpu("MINE", profile_dir=tmp_path).hbm_bytes == pytest.approx(96e9)
+    assert load_gpu("MINE", profile_dir=tmp_path).hbm_bytes == 96 * 2**30
     assert list_models(str(tmp_path)) == ["Tiny-MoE"]
     tiny = load_model("tiny-moe", tmp_path)
     assert tiny.head_dim == 16  # hidden / heads when head_dim is absent
@@ -366,8 +370,8 @@ def _gpu_error(tmp_path: Path, data: dict[str, Any]) -> str:
     ("change", "field", "words"),
     [
         ({"hbm_tb_s": None}, "'hbm_tb_s'", "missing"),
-        ({"hbm_gb": "eighty"}, "'hbm_gb'", "expected a number"),
-        ({"hbm_gb": True}, "'hbm_gb'", "expected a number"),
+        ({"hbm_gib": "eighty"}, "'hbm_gib'", "expected a number"),
+        ({"hbm_gib": True}, "'hbm_gib'", "expected a number"),
         ({"scaleup_domain_gpus": 8.5}, "'scaleup_domain_gpus'", "expected an integer"),
         ({"tdp_w": 0}, "'tdp_w'", "> 0"),
         ({"nic_gbit_s": -400}, "'nic_gbit_s'", "> 0"),

@@ -54,8 +54,8 @@ def test_weight_bytes_per_gpu_follow_the_format(name: str) -> None:
 
 def test_fp8_runs_prefill_faster_through_the_flop_rate() -> None:
     bf16, fp8 = cost_params(baseline()), cost_params(quantized())
-    assert bf16.gemm_rate_flops_per_s == 989.4e12 * 0.803  # H100 profile, bf16
-    assert fp8.gemm_rate_flops_per_s == 1978.9e12 * 0.709  # fp8 peak x measured fraction
+    assert bf16.gemm_rate_flops_per_s == 989.4e12 * 0.65  # H100 profile, bf16
+    assert fp8.gemm_rate_flops_per_s == 1978.9e12 * 0.55  # fp8 peak x serving fraction
     shape = StepShape(2048, 1, 2048 * 2049 // 2, 0)
     ratio = Roofline(bf16).step_seconds(shape) / Roofline(fp8).step_seconds(shape)
     assert ratio > 1.5  # compute-bound: the rate ratio is 1.77
@@ -126,7 +126,7 @@ def test_fp4_weights_on_hopper_fall_back_to_weight_only() -> None:
 def test_fp4_compute_runs_at_the_fp4_rate_on_blackwell() -> None:
     p = quantized(gpu="B200", weights="nvfp4", activations="nvfp4", kv_cache="fp8")
     assert compute_rate_key(p) == "fp4"
-    assert cost_params(p).gemm_rate_flops_per_s == 9000e12 * 0.763
+    assert cost_params(p).gemm_rate_flops_per_s == 9000e12 * 0.4
     w4a8 = quantized(gpu="B200", weights="nvfp4", activations="fp8", kv_cache="fp8")
     assert compute_rate_key(w4a8) == "fp8"  # W4A8: dequantized to fp8 for the GEMM
 

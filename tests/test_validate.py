@@ -314,7 +314,7 @@ def test_length_rules() -> None:
     with pytest.raises(Unexpressible, match="mt-bench"):
         validate.lengths_of(row(length_dist="mt-bench"))
     got, note = validate.lengths_of(row(length_dist="ShareGPT", output_len="194.36"))
-    assert got.means == (None, 194.36) and "raw bundled input" in note
+    assert got.means == (220.0, 194.36) and "benchmark-dataset mean input" in note
 
 
 def test_precision_rules() -> None:
