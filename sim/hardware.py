@@ -40,7 +40,7 @@ GPU_KEYS = frozenset(
     }
 )
 EFFICIENCY_KEYS = frozenset(
-    {"matmul_frac", "hbm_frac", "allreduce_latency_us", "allreduce_bw_frac"}
+    {"matmul_frac", "hbm_frac", "allreduce_latency_us", "allreduce_bw_frac", "gemm_pad_tokens"}
 )
 # Architecture facts HF implies by `model_type` rather than stating as config keys. A model
 # YAML may set any of these keys explicitly to override.
@@ -67,12 +67,16 @@ class Efficiency:
     hbm_frac: achievable HBM bandwidth over peak (STREAM-like copy/triad).
     allreduce_latency_s: fixed latency of one small all-reduce inside a scale-up domain.
     allreduce_bw_frac: achievable all-reduce bus bandwidth over the unidirectional link peak.
+    gemm_pad_tokens: the GEMM-shape cost: a GEMM over M tokens computes as if over
+        M + gemm_pad_tokens (tile padding and fixed kernel cost), so small-M GEMMs (decode,
+        MoE experts that see few tokens) reach a lower share of the peak than large ones.
     """
 
     matmul_frac: dict[str, float]
     hbm_frac: float
     allreduce_latency_s: float
     allreduce_bw_frac: float
+    gemm_pad_tokens: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -552,6 +556,7 @@ def _efficiency_from_doc(doc: _Doc, rate_keys: tuple[str, ...]) -> Efficiency:
         hbm_frac=hbm_frac,
         allreduce_latency_s=doc.number("allreduce_latency_us") * 1e-6,
         allreduce_bw_frac=bw_frac,
+        gemm_pad_tokens=doc.number("gemm_pad_tokens", default=0.0, positive=False),
     )
 
 

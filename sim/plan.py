@@ -347,6 +347,7 @@ class CostParams:
     allreduce_bytes_per_s: float  # algorithm bandwidth for one all-reduce
     expert_rate_flops_per_s: float = 0.0  # routed-expert GEMMs (0 = gemm_rate_flops_per_s)
     expert_load_factor: float = 1.0  # busiest EP rank's expert work over the mean (1 + skew)
+    gemm_pad_tokens: float = 0.0  # GEMM-shape cost: M tokens compute as M + this (per GEMM)
     alltoall_count: float = 0.0  # EP dispatch + combine per stage and step (2 per MoE layer)
     alltoall_bytes_per_token: float = 0.0  # per collective, per token of the step, per GPU
     alltoall_latency_s: float = 0.0
@@ -420,6 +421,7 @@ def cost_params(plan: ReplicaPlan) -> CostParams:
         allreduce_bytes_per_s=ar_bw,
         expert_rate_flops_per_s=expert_rate,
         expert_load_factor=1.0 + plan.ep_skew if plan.ep > 1 else 1.0,
+        gemm_pad_tokens=gpu.efficiency.gemm_pad_tokens,
     )
     return _with_pipeline(plan, _with_alltoall(plan, ab, params))
 

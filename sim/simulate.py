@@ -423,6 +423,7 @@ def simulate(cfg: Config | DictConfig) -> SimResult:
     check_conservation(requests, cluster.replicas)
     meta = run_meta(cluster)
     meta["workload"] = trace.source
+    meta["hash_block_tokens"] = trace.hash_block_tokens
     meta["seed"] = cfg.seed
     return SimResult(
         requests_frame(requests), steps_frame(cluster.replicas), meta, driver.transfer_frame()

@@ -3,9 +3,13 @@
 A step's GPU time is the sum of its kernel classes, each bound by compute or memory
 (whichever is slower), plus tensor-parallel collectives:
 
-    dense GEMMs   max(2·P_dense·T / R_gemm,  W_dense / BW)
-    MoE experts   max(2·P_expert·k·T / R_gemm,  E_touched(T)·W_expert / BW)
-    LM head       max(2·h·V·S / R_gemm,  h·V·b / BW)            S = sequences sampled
+    dense GEMMs   max(2·P_dense·(T + pad) / R_gemm,  W_dense / BW)
+    MoE experts   max(2·P_expert·(k·T + E_touched·pad) / R_gemm,  E_touched(T)·W_expert / BW)
+    LM head       max(2·h·V·(S + pad) / R_gemm,  h·V·b / BW)    S = sequences sampled
+
+`pad` (gemm_pad_tokens, per GPU profile) is the GEMM-shape cost: a GEMM over M tokens
+costs as much compute as M + pad would at the large-GEMM rate (tile padding, fixed kernel
+cost), so small-M GEMMs such as lightly loaded MoE experts run well below the peak.
     attention     max(F_pair·pairs / R_attn,  KV_tok·(read + T) / BW)
     other passes  A_tok·T / BW                                  norms, rotary, activation
     all-reduce    n_ar·(latency + T·h·2 / BW_ar)
@@ -150,13 +154,17 @@ class Roofline:
         p = self.p
         bw = p.hbm_bytes_per_s
         rate = p.gemm_rate_flops_per_s
-        t = max(p.gemm_flops_per_token * num_tokens / rate, p.gemm_weight_bytes / bw)
+        pad = p.gemm_pad_tokens  # GEMM shape: M tokens compute as M + pad
+        t = max(p.gemm_flops_per_token * (num_tokens + pad) / rate, p.gemm_weight_bytes / bw)
         if p.num_experts:
             expert_rate = p.expert_rate_flops_per_s or rate
             expert_tokens = num_tokens * p.expert_load_factor  # the busiest EP rank
-            expert_bytes = self.experts_touched(expert_tokens) * p.expert_bytes
-            t += max(p.expert_flops_per_token * expert_tokens / expert_rate, expert_bytes / bw)
-        t += max(p.lm_head_flops_per_sample * num_samples / rate, p.lm_head_bytes / bw)
+            touched = self.experts_touched(expert_tokens)
+            # each touched expert's GEMM pads its own few tokens
+            padded = expert_tokens + touched * pad / max(p.experts_per_token, 1)
+            t += max(p.expert_flops_per_token * padded / expert_rate, touched * p.expert_bytes / bw)
+        if num_samples:
+            t += max(p.lm_head_flops_per_sample * (num_samples + pad) / rate, p.lm_head_bytes / bw)
         t += p.act_bytes_per_token * num_tokens / bw
         if p.allreduce_count:
             per = p.allreduce_latency_s + num_tokens * p.allreduce_bytes_per_token / (

@@ -162,9 +162,12 @@ SERVING_METRICS = (*PERCENTILE_METRICS, *MEAN_METRICS, "itl_p50_ms", *THROUGHPUT
 STEP_METRICS = ("prefill_step_ms", "decode_step_ms")
 # Metrics the file format allows that the validator does not produce yet. Prefix caching and
 # speculative decoding are being added to the simulator: once mapped, drop the line here.
+HIT_METRICS = ("hit_ratio", "hit_ratio_tokens")
+# A hit-ratio row may leave model and hardware blank: with an unbounded cache the ratio
+# depends on the trace alone (and the rule that a prompt's last token is always computed),
+# so any engine replays it; this one is documented, not tuned.
+HIT_RATIO_DEFAULT = ("Llama-3.1-8B", "B200")
 UNSUPPORTED_METRICS: dict[str, str] = {
-    "hit_ratio": "prefix-cache hit ratio: prefix caching is not mapped by the validator yet",
-    "hit_ratio_tokens": "prefix-cache hit ratio: prefix caching is not mapped by the validator yet",
     "accept_len": "acceptance length: speculative decoding is not mapped by the validator yet",
     "other": "metric 'other' is free text, not a quantity the simulator produces",
 }
@@ -330,6 +333,7 @@ class Setup:
     trace: str = ""
     batch_size: int = 0
     context_tokens: int = 0
+    prefix_caching: str = ""  # "" off | "on" | "unbounded" (an infinite KV pool)
 
 
 def speculative_technique(row: Row) -> dict[str, Any]:
@@ -526,6 +530,8 @@ def default_requests(traffic: str, row: Row, engine: EngineConfig) -> int:
 
 def cluster_of(row: Row) -> tuple[dict[str, Any], list[str]]:
     """Model, GPU, layout, engine and precision fields of the row's Setup, plus notes."""
+    if row.key("metric") in HIT_METRICS and not row.key("model") and not row.key("hardware"):
+        row = row.changed(model=HIT_RATIO_DEFAULT[0], hardware=HIT_RATIO_DEFAULT[1])
     model: ModelSpec = _profile(row, "model", load_model)
     gpu: GPUSpec = _profile(row, "hardware", load_gpu)
     layout = layout_of(row)
@@ -563,6 +569,11 @@ def setup_of(row: Row, csv_dir: Path, max_requests: int | None) -> tuple[Setup, 
         num = row.count("num_requests") or 0
         if max_requests:
             num = min(num, max_requests) if num else max_requests
+        if row.key("metric") in HIT_METRICS:  # defined for an unbounded cache
+            common["prefix_caching"] = "unbounded"
+            if not row.key("model"):
+                model, gpu = HIT_RATIO_DEFAULT
+                notes.append(f"hit ratio: model and hardware blank, replayed on {model} / {gpu}")
         return Setup(**common, trace=str(path), num_requests=num), notes
     if traffic == "poisson":
         rate = row.num("request_rate")
@@ -607,13 +618,16 @@ def to_config(setup: Setup, lengths_trace: Path | None = None) -> Config:
             output=LengthConfig(kind, value=lo[0], low=lo[0], high=lo[1]),
         )
     workload.concurrency = setup.concurrency if closed else 0
+    technique: dict[str, Any] = {"quantization": quant}
+    if setup.prefix_caching:
+        technique["prefix_caching"] = {"unbounded": setup.prefix_caching == "unbounded"}
     return Config(
         model=ModelConfig(setup.model),
         cluster=cluster,
         engine=engine_config(setup),
         router=RouterConfig("round_robin"),
         workload=workload,
-        technique={"quantization": quant},
+        technique=technique,
         seed=SEED,
         progress=False,
         write_plots=False,
@@ -678,7 +692,9 @@ def linear_percentile(values: np.ndarray, q: float, weights: np.ndarray | None =
     return float(v[i_lo] + (h - lo) * (v[i_hi] - v[i_lo]))
 
 
-def serving_metrics(requests: pd.DataFrame, steps: pd.DataFrame, num_gpus: int) -> dict[str, float]:
+def serving_metrics(
+    requests: pd.DataFrame, steps: pd.DataFrame, num_gpus: int, hash_block_tokens: int = 0
+) -> dict[str, float]:
     """Every serving metric of one run, defined as the benchmark clients define them."""
     req = request_metrics(requests)
     fin = req[req["status"] == "finished"]
@@ -698,6 +714,21 @@ def serving_metrics(requests: pd.DataFrame, steps: pd.DataFrame, num_gpus: int) 
     out["output_tok_s_per_gpu"] = rate(output_tokens) / num_gpus
     out["total_tok_s"] = rate(output_tokens + float(fin["input_tokens"].sum()))
     out["requests_per_s"] = rate(float(len(fin)))
+    out |= hit_ratios(fin, hash_block_tokens)
+    return out
+
+
+def hit_ratios(fin: pd.DataFrame, hash_block_tokens: int) -> dict[str, float]:
+    """Prefix-cache hit ratios over finished requests: by tokens, and by the trace's hash
+    blocks (a block counts when all its tokens were served from the cache)."""
+    inputs = fin["input_tokens"].to_numpy(dtype=np.int64)
+    cached = fin["cached_tokens"].to_numpy(dtype=np.int64)
+    out = {"hit_ratio_tokens": float(cached.sum() / inputs.sum()) if inputs.sum() else math.nan}
+    if hash_block_tokens:
+        blocks = -(-inputs // hash_block_tokens)
+        out["hit_ratio"] = float((cached // hash_block_tokens).sum() / blocks.sum())
+    else:
+        out["hit_ratio"] = math.nan
     return out
 
 
@@ -832,7 +863,12 @@ class Harness:
                 result = simulate(to_config(setup, path))
         else:
             result = simulate(to_config(setup))
-        metrics = serving_metrics(result.requests, result.steps, int(result.meta["num_gpus"]))
+        metrics = serving_metrics(
+            result.requests,
+            result.steps,
+            int(result.meta["num_gpus"]),
+            int(result.meta.get("hash_block_tokens", 0)),
+        )
         rejected = int((result.requests["status"] == "rejected").sum())
         metrics["_rejected"] = rejected
         return metrics
@@ -879,6 +915,7 @@ def check_metric(metric: str, mode: str) -> None:
     allowed = {
         **dict.fromkeys(SERVING_METRICS, SERVING_MODES),
         **dict.fromkeys(STEP_METRICS, ("single_batch",)),
+        **dict.fromkeys(HIT_METRICS, ("trace",)),
         "speedup_x": ("ratio",),
     }
     if metric not in allowed:

@@ -22,6 +22,7 @@ import pytest
 import sim.validate as validate
 from sim.config import ClusterConfig
 from sim.hardware import load_gpu, load_model
+from sim.trace import bundled, ideal_hit_ratio, load_trace
 from sim.validate import (
     Lengths,
     Result,
@@ -116,11 +117,12 @@ def test_one_simulation_per_setup(counted_run: Any) -> None:
     ok = [r for r in results if r.status == "ok"]
     # The DP8 x EP8 DeepSeek row runs once the cluster config has ep and dp_attention.
     dp_ep = by_id(results)["trtllm_r1_b200x8_maxtput"].status == "ok"
-    assert len(ok) == 24 + dp_ep
+    assert len(ok) == 25 + dp_ep
     # 8 serving setups (the 5 rows of the qwen3-8b c4 run, the 5 of the qwen3-30b run, the
     # 3 of the deepseek run and the 2 sglang poisson rows each share one), the ratio row's
-    # own and baseline runs, the trace row; single_batch rows use the step model only.
-    assert calls == 11 + dp_ep
+    # own and baseline runs, the two trace rows (Azure and the Mooncake hit-ratio replay);
+    # single_batch rows use the step model only.
+    assert calls == 12 + dp_ep
     groups = {r.group for r in results if r.id.startswith("lat_gps_qwen3-8b")}
     assert groups == {"lat_gps_qwen3-8b_h100tp1_vllm0110_sharegpt_c4"}
 
@@ -131,7 +133,13 @@ def test_unexpressible_rows_are_skipped_with_their_reason_and_counted(counted_ru
     assert got["fixture_unknown_hardware"].status == "skipped"
     assert "unknown hardware 'tpu-v5'" in got["fixture_unknown_hardware"].reason
     assert "unknown model 'opt-175b'" in got["fixture_unknown_model"].reason
-    assert "prefix caching" in got["mooncake_synth_trace_hit"].reason
+    # the Mooncake hit-ratio row (model and hardware blank) replays the bundled trace's first
+    # MAX_REQUESTS requests with an unbounded prefix cache: their own ideal block hit ratio,
+    # less the blocks the always-recomputed last prompt token keeps (none here)
+    hit = got["mooncake_synth_trace_hit"]
+    assert hit.status == "ok" and hit.predicted is not None
+    trace = load_trace(bundled("mooncake_synthetic")).head(MAX_REQUESTS)
+    assert hit.predicted == pytest.approx(ideal_hit_ratio(trace), abs=0.005)
     skipped = [r for r in results if r.status == "skipped"]
     assert summary_line(results).endswith(f"skipped={len(skipped)}")
     assert any("skipped: unknown model 'opt-175b'" in line for line in lines)
