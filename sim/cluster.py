@@ -60,21 +60,7 @@ from sim.techniques import apply_techniques
 
 
 def engine_spec(cfg: EngineConfig) -> EngineSpec:
-    spec = EngineSpec(
-        name=cfg.name,
-        max_num_batched_tokens=cfg.max_num_batched_tokens,
-        max_num_seqs=cfg.max_num_seqs,
-        block_size=cfg.block_size,
-        gpu_memory_utilization=cfg.gpu_memory_utilization,
-        enable_chunked_prefill=cfg.enable_chunked_prefill,
-        max_model_len=cfg.max_model_len,
-        step_overhead_s=cfg.step_overhead_s,
-        inflight_overhead_s=cfg.inflight_overhead_s,
-        overlap_scheduling=cfg.overlap_scheduling,
-        request_overhead_s=cfg.request_overhead_s,
-        runtime_reserve_bytes=cfg.runtime_reserve_bytes,
-        kv_reservation=cfg.kv_reservation,
-    )
+    spec = EngineSpec(**dataclasses.asdict(cfg))  # the same fields, frozen
     checks = {
         "max_num_batched_tokens": spec.max_num_batched_tokens >= 1,
         "max_num_seqs": spec.max_num_seqs >= 1,

@@ -63,20 +63,8 @@ class ReplicaView(Protocol):
     def cached_prefix_tokens(self, request: Request) -> int: ...
 
 
-class Publisher(Protocol):
+class Publisher(ReplicaView, Protocol):
     """What a snapshot is taken from: the view plus the prefix index (a Replica)."""
-
-    @property
-    def num_outstanding(self) -> int: ...
-
-    @property
-    def kv_usage(self) -> float: ...
-
-    @property
-    def prefill_tokens_left(self) -> int: ...
-
-    @property
-    def decode_tokens_left(self) -> int: ...
 
     def prefix_keys(self, request: Request) -> list[Hashable]: ...
 
@@ -268,7 +256,7 @@ class Router:
             with_prefix = self.policy is kv_aware
             env.process(self._publish(env, snapshots, period_s, delay_s, with_prefix, running))
         else:
-            self.views = replicas  # type: ignore[assignment]  # a Replica is its own live view
+            self.views = replicas  # a Replica is its own live view
 
     def pick(self, request: Request) -> int:
         return self.policy(self.views, request, self.state)

@@ -119,26 +119,22 @@ def build_trace(cfg: WorkloadConfig, rng: np.random.Generator) -> Trace:
             end = float("inf") if cfg.end_s is None else cfg.end_s
             trace = trace.window(cfg.start_s, end)
     elif cfg.kind == "synthetic":
-        if cfg.lengths_file:
-            pairs = LengthPairs.from_csv(_resolve(cfg.lengths_file))
-            trace = synthetic(
-                cfg.num_requests,
-                rng,
-                arrival=cfg.arrival,
-                rate_per_s=cfg.rate_per_s,
-                gamma_cv=cfg.gamma_cv,
-                pairs=pairs,
-            )
-        else:
-            trace = synthetic(
-                cfg.num_requests,
-                rng,
-                arrival=cfg.arrival,
-                rate_per_s=cfg.rate_per_s,
-                gamma_cv=cfg.gamma_cv,
-                input_dist=_length_dist(cfg.input, "input"),
-                output_dist=_length_dist(cfg.output, "output"),
-            )
+        lengths: dict[str, Any] = (
+            {"pairs": LengthPairs.from_csv(_resolve(cfg.lengths_file))}
+            if cfg.lengths_file
+            else {
+                "input_dist": _length_dist(cfg.input, "input"),
+                "output_dist": _length_dist(cfg.output, "output"),
+            }
+        )
+        trace = synthetic(
+            cfg.num_requests,
+            rng,
+            arrival=cfg.arrival,
+            rate_per_s=cfg.rate_per_s,
+            gamma_cv=cfg.gamma_cv,
+            **lengths,
+        )
     elif cfg.kind == "sessions":
         sc = cfg.sessions
         trace = sessions(
