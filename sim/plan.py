@@ -51,7 +51,6 @@ head included (an engine moves layers off the LM head's stage to balance it).
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 
 from sim.dtypes import Format, get_format
@@ -541,10 +540,6 @@ def _divisors(n: int) -> list[int]:
 def max_model_len(plan: ReplicaPlan) -> int:
     cap = plan.engine.max_model_len or plan.model.max_position_embeddings
     return int(min(cap, plan.model.max_position_embeddings))
-
-
-def blocks_for(tokens: int, block_size: int) -> int:
-    return math.ceil(tokens / block_size)
 
 
 def draft_cost_params(plan: ReplicaPlan) -> CostParams | None:

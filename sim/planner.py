@@ -37,7 +37,7 @@ from sim.config import ClusterConfig, engine_preset
 from sim.dtypes import get_format
 from sim.hardware import GPUSpec, ModelSpec, ProfileError, load_gpu, load_model
 from sim.plan import EngineSpec, PlanError, ReplicaPlan, cost_params, memory_plan
-from sim.step_time import EngineOverhead, Roofline, StepShape
+from sim.step_time import EngineOverhead, Roofline, StepShape, prefill_shapes
 from sim.techniques import TechniqueError
 
 ENGINE_DIR = Path(__file__).resolve().parent.parent / "experiments" / "engine"
@@ -162,15 +162,8 @@ def prefill_seconds(
 ) -> float:
     """One request's prompt alone, in chunks of the engine's token budget (causal pairs)."""
     overhead = overhead or EngineOverhead()
-    total, done = 0.0, 0
-    while done < prompt_tokens:
-        chunk = min(budget, prompt_tokens - done)
-        end = done + chunk
-        pairs = end * (end + 1) // 2 - done * (done + 1) // 2
-        samples = 1 if end == prompt_tokens else 0
-        total += overhead.total_seconds(model, StepShape(chunk, samples, pairs, done), 1)
-        done = end
-    return total
+    steps = prefill_shapes(1, prompt_tokens, budget, 1)
+    return sum(overhead.total_seconds(model, shape, seqs) for shape, seqs in steps)
 
 
 def decode_step_seconds(

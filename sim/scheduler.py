@@ -50,7 +50,7 @@ import numpy as np
 from sim.kv_cache import KVCache
 from sim.plan import EngineSpec, Speculation
 from sim.request import Request
-from sim.step_time import StepShape
+from sim.step_time import StepShape, window_sum
 
 I64 = np.int64
 
@@ -506,12 +506,8 @@ class Scheduler:
         read_w = w * (n - len(young_ctx)) + sum(young_ctx)
         pairs_w = w * (n - len(young_ctx)) + sum(min(c + 1, w) for c in young_ctx)
 
-        def s(x: int) -> int:  # Σ_{p=1..x} min(p, w)
-            m = min(x, w)
-            return m * (m + 1) // 2 + max(x - w, 0) * w
-
         for r, q in chunks:
-            pairs_w += s(r.computed + q) - s(r.computed)
+            pairs_w += window_sum(r.computed + q, w) - window_sum(r.computed, w)
             read_w += min(r.computed, w)
         return pairs_w, read_w
 

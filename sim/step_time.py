@@ -42,7 +42,7 @@ the same floating-point operations as stepping one at a time.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple, Protocol, overload
 
 import numpy as np
@@ -241,3 +241,48 @@ class Roofline:
             shape.attn_pairs_window,
             shape.kv_read_tokens_window,
         )
+
+
+def window_sum(x: int, window: int) -> int:
+    """Σ_{p=1..x} min(p, window): attended pairs of x causal tokens under a sliding window."""
+    m = min(x, window)
+    return m * (m + 1) // 2 + max(x - window, 0) * window
+
+
+def prefill_shapes(
+    batch: int,
+    prompt: int,
+    max_num_batched_tokens: int,
+    max_num_seqs: int,
+    chunked: bool = True,
+    window: int = 0,
+) -> Iterator[tuple[StepShape, int]]:
+    """The steps an engine takes to prefill `batch` prompts of `prompt` tokens alone (in
+    order, chunked by the token budget, at most max_num_seqs sequences a step), each with
+    its number of sequences."""
+    done = [0] * batch
+    nxt = 0
+    while nxt < batch:
+        budget = max_num_batched_tokens
+        chunks: list[tuple[int, int]] = []
+        for i in range(nxt, batch):
+            if budget <= 0 or len(chunks) >= max_num_seqs:
+                break
+            q = min(prompt - done[i], budget)
+            if q < prompt - done[i] and not chunked:
+                if chunks:
+                    break
+                q = prompt - done[i]  # an unchunked prompt over the budget runs alone
+            chunks.append((i, q))
+            budget -= q
+        tokens = pairs = read = pairs_w = read_w = samples = 0
+        for i, q in chunks:
+            c = done[i]
+            tokens, pairs, read = tokens + q, pairs + q * c + q * (q + 1) // 2, read + c
+            if window:
+                pairs_w += window_sum(c + q, window) - window_sum(c, window)
+                read_w += min(c, window)
+            done[i] += q
+            samples += done[i] == prompt
+        nxt += samples
+        yield StepShape(tokens, samples, pairs, read, pairs_w, read_w), len(chunks)

@@ -123,7 +123,7 @@ from sim.hardware import GPUSpec, ModelSpec, load_gpu, load_model
 from sim.metrics import itl_samples, request_metrics
 from sim.plan import cost_params, memory_plan
 from sim.simulate import simulate
-from sim.step_time import EngineOverhead, Roofline, StepShape
+from sim.step_time import EngineOverhead, Roofline, StepShape, prefill_shapes
 from sim.trace import LengthPairs, arrival_times, bundled
 
 COLUMNS: tuple[str, ...] = (
@@ -732,45 +732,6 @@ def hit_ratios(fin: pd.DataFrame, hash_block_tokens: int) -> dict[str, float]:
     return out
 
 
-def _window_sum(x: int, window: int) -> int:
-    """Σ_{p=1..x} min(p, window): attended pairs of x causal tokens under a sliding window."""
-    m = min(x, window)
-    return m * (m + 1) // 2 + max(x - window, 0) * window
-
-
-def prefill_shapes(
-    batch: int, prompt: int, engine: EngineConfig, window: int
-) -> Iterator[tuple[StepShape, int]]:
-    """The steps an engine takes to prefill `batch` prompts of `prompt` tokens (in order,
-    chunked by the token budget, at most max_num_seqs sequences per step)."""
-    done = [0] * batch
-    nxt = 0
-    while nxt < batch:
-        budget = engine.max_num_batched_tokens
-        chunks: list[tuple[int, int]] = []
-        for i in range(nxt, batch):
-            if budget <= 0 or len(chunks) >= engine.max_num_seqs:
-                break
-            q = min(prompt - done[i], budget)
-            if q < prompt - done[i] and not engine.enable_chunked_prefill:
-                if chunks:
-                    break
-                q = prompt - done[i]  # an unchunked prompt over the budget runs alone
-            chunks.append((i, q))
-            budget -= q
-        tokens = pairs = read = pairs_w = read_w = samples = 0
-        for i, q in chunks:
-            c = done[i]
-            tokens, pairs, read = tokens + q, pairs + q * c + q * (q + 1) // 2, read + c
-            if window:
-                pairs_w += _window_sum(c + q, window) - _window_sum(c, window)
-                read_w += min(c, window)
-            done[i] += q
-            samples += done[i] == prompt
-        nxt += samples
-        yield StepShape(tokens, samples, pairs, read, pairs_w, read_w), len(chunks)
-
-
 def decode_shapes(
     batch: int, context: int, engine: EngineConfig, window: int
 ) -> Iterator[tuple[StepShape, int]]:
@@ -799,9 +760,13 @@ def single_batch_ms(setup: Setup, metric: str) -> float:
             f"{mem.num_blocks:,}"
         )
     model, window = Roofline(cost_params(plan)), plan.model.sliding_window
-    shapes = (prefill_shapes if metric == "prefill_step_ms" else decode_shapes)(
-        b, ctx, cfg.engine, window
-    )
+    e = cfg.engine
+    if metric == "prefill_step_ms":
+        shapes = prefill_shapes(
+            b, ctx, e.max_num_batched_tokens, e.max_num_seqs, e.enable_chunked_prefill, window
+        )
+    else:
+        shapes = decode_shapes(b, ctx, e, window)
     overhead = EngineOverhead.of(plan.engine)
     return 1e3 * sum(overhead.total_seconds(model, s, n) for s, n in shapes)
 

@@ -22,6 +22,7 @@ import pytest
 import sim.validate as validate
 from sim.config import ClusterConfig
 from sim.hardware import load_gpu, load_model
+from sim.step_time import prefill_shapes
 from sim.trace import bundled, ideal_hit_ratio, load_trace
 from sim.validate import (
     Lengths,
@@ -400,13 +401,14 @@ def test_prefill_is_split_by_the_token_budget() -> None:
     engine = validate.engine_config(
         Setup("Llama-3.1-8B", "A100-SXM-80GB", 1, 1, (), "vllm", (2048, 256), (), "single_batch")
     )
-    shapes = [s for s, seqs in validate.prefill_shapes(1, 5000, engine, 0)]
-    assert [seqs for s, seqs in validate.prefill_shapes(1, 5000, engine, 0)] == [1, 1, 1]
+    cap = (engine.max_num_batched_tokens, engine.max_num_seqs, engine.enable_chunked_prefill)
+    shapes = [s for s, seqs in prefill_shapes(1, 5000, *cap)]
+    assert [seqs for s, seqs in prefill_shapes(1, 5000, *cap)] == [1, 1, 1]
     assert [s.num_tokens for s in shapes] == [2048, 2048, 904]
     assert [s.num_samples for s in shapes] == [0, 0, 1]
     assert sum(s.attn_pairs for s in shapes) == 5000 * 5001 // 2
     assert [s.kv_read_tokens for s in shapes] == [0, 2048, 4096]
-    two = [s for s, _ in validate.prefill_shapes(2, 1500, engine, 0)]
+    two = [s for s, _ in prefill_shapes(2, 1500, *cap)]
     assert [s.num_tokens for s in two] == [2048, 952]
     decode = [s for s, _ in validate.decode_shapes(300, 512, engine, 0)]
     assert [s.num_tokens for s in decode] == [256, 44]
