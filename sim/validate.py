@@ -37,16 +37,21 @@ Mapping of a row onto a `Config` (every choice here, nothing per row):
   skipped. `ratio`: the row's quantity over its
   `baseline`'s (see below).
 - **Lengths.** `fixed` (or blank with both lengths given): input_len / output_len rounded
-  to integers. `sharegpt` (any case): `num_requests` (input, output) pairs drawn without
-  replacement (with, past 5000) from the bundled ShareGPT sample (`sharegpt_lengths`); each
-  column is multiplied by (row mean / drawn mean), rounded and floored at 1, so the drawn
-  requests' means equal the row's `input_len` / `output_len` (to rounding); a blank length
-  keeps that column's raw pairs (the bundled sample is the 8k-filtered, Llama-2-tokenized
-  ShareGPT set, means about 2282 / 435 tokens, far longer than `vllm bench serve`'s ShareGPT
-  prompts; said in the printed line). The pairs are replayed as a trace file in a temporary
-  folder (deleted after the run), with the mode's arrival times. `random_range_ratio_R`:
-  uniform integers in [L.2R/(1+R), L.2/(1+R)] (rounded) whose mean is the row's L (sglang and
-  older vllm `random` datasets with range ratio R draw U[R.L0, L0]; newer vllm draws
+  to integers. `sharegpt` (any case): `num_requests` prompt lengths drawn without
+  replacement (with, past 5000) from the bundled ShareGPT sample (`sharegpt_lengths`) and
+  output lengths from a gamma distribution of shape 0.75 (`SHAREGPT_OUTPUT_GAMMA_SHAPE`,
+  below); each column is multiplied by (row mean / drawn mean), rounded and floored at 1, so
+  the drawn requests' means equal the row's `input_len` / `output_len` (to rounding); a blank
+  length gets the benchmark's dataset mean (`SHAREGPT_BENCH_MEANS`, said in the printed
+  line). The bundled sample is the 8k-filtered, Llama-2-tokenized ShareGPT set of whole
+  conversations (means about 2282 / 435 tokens, far longer than `vllm bench serve`'s
+  first-turn prompts), so it gives the prompts' shape only; its outputs are nearly
+  symmetric (median 0.95 of the mean), while the benchmarks' first-turn completions are
+  skewed (median about 0.6 of the mean, see the constant). The requests are replayed as a
+  trace file in a temporary folder (deleted after the run), with the mode's arrival times.
+  `random_range_ratio_R`: uniform integers in [L.2R/(1+R), L.2/(1+R)] (rounded) whose mean
+  is the row's L (sglang and older vllm `random` datasets with range ratio R draw
+  U[R.L0, L0]; newer vllm draws
   U[L0(1-R), L0(1+R)], the same mean with a wider spread). Any other dataset name: fixed at
   the row's means when both are given (said in the printed line), else the row is skipped.
 - **Precision.** weight_dtype, activation_dtype and kv_dtype become
@@ -182,6 +187,14 @@ SHAREGPT_SAMPLE = "sharegpt_lengths"
 # gets these dataset means; the bundled ShareGPT pairs (whole conversations, ~10x longer)
 # give the shape only.
 SHAREGPT_BENCH_MEANS = (220.0, 200.0)
+# Output lengths of those first-turn completions are skewed: SGLang's v0.3 ShareGPT runs
+# (calibration_scenarios.csv, 70B on 4 H100s at 4 and 8 req/s, SGLang and vLLM) print
+# median E2E, TTFT and TPOT from which the median request's output is
+# (E2E - TTFT) / TPOT + 1 = 119, 117 and 122 tokens against a ~194-token mean: median/mean
+# 0.61. A gamma distribution with that median/mean has shape 0.75 (median/mean 0.606,
+# p99/mean 5.3); the bundled conversation sample's outputs (median/mean 0.95) would make
+# every median-request latency ~60 % too long.
+SHAREGPT_OUTPUT_GAMMA_SHAPE = 0.75
 SEED = 0
 SIMULATOR_ERROR = "simulator error, please report"
 
@@ -643,7 +656,9 @@ def rescale(values: np.ndarray, mean: float | None) -> np.ndarray:
 
 
 def sharegpt_requests(setup: Setup, rng: np.random.Generator) -> pd.DataFrame:
-    """Arrival times and rescaled ShareGPT lengths of the setup's requests."""
+    """Arrival times and ShareGPT-shaped lengths of the setup's requests: prompts from the
+    bundled sample, outputs gamma-distributed (see SHAREGPT_OUTPUT_GAMMA_SHAPE), each
+    rescaled to the setup's means."""
     pairs = LengthPairs.from_csv(bundled(SHAREGPT_SAMPLE))
     n = setup.num_requests
     arrival = np.zeros(n)
@@ -655,7 +670,10 @@ def sharegpt_requests(setup: Setup, rng: np.random.Generator) -> pd.DataFrame:
         {
             "arrival_s": arrival,
             "input_tokens": rescale(pairs.input_tokens[rows], mean_in),
-            "output_tokens": rescale(pairs.output_tokens[rows], mean_out),
+            "output_tokens": rescale(
+                rng.gamma(SHAREGPT_OUTPUT_GAMMA_SHAPE, size=n),
+                SHAREGPT_BENCH_MEANS[1] if mean_out is None else mean_out,
+            ),
         }
     )
 
