@@ -61,7 +61,8 @@ class EngineConfig:
     max_num_batched_tokens: int = 8192  # token budget per step
     max_num_seqs: int = 256  # sequences per step
     block_size: int = 16  # tokens per KV block
-    gpu_memory_utilization: float = 0.90  # share of HBM the engine may use
+    gpu_memory_utilization: float = 0.90  # share of HBM the engine may use (see kv_memory_basis)
+    kv_memory_basis: str = "total"  # total (vLLM, SGLang) | free (TensorRT-LLM), see EngineSpec
     enable_chunked_prefill: bool = True
     max_model_len: int = 0  # 0 = the model's max_position_embeddings
     step_overhead_s: float = 0.0  # CPU per step: scheduling, launches not hidden by graphs
@@ -70,6 +71,8 @@ class EngineConfig:
     request_overhead_s: float = 0.0  # arrival to engine queue: API server, tokenization
     runtime_reserve_bytes: float = 1.5e9  # CUDA context, NCCL buffers, graphs
     kv_reservation: str = "incremental"  # incremental (vLLM) | full (TRT-LLM no-evict)
+    batch_wait_steps: int = 0  # TRT-LLM batch_wait_timeout_iters (0: off), see EngineSpec
+    batch_wait_tokens_ratio: float = 0.0  # TRT-LLM batch_wait_max_tokens_ratio
 
 
 @dataclass

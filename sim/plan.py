@@ -51,6 +51,7 @@ head included (an engine moves layers off the LM head's stage to balance it).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from sim.dtypes import Format, get_format
@@ -70,6 +71,11 @@ class EngineSpec:
     max_num_seqs: int = 256
     block_size: int = 16
     gpu_memory_utilization: float = 0.90
+    # what gpu_memory_utilization is a share of. total: all HBM holds weights, workspace and
+    # KV (vLLM gpu_memory_utilization, SGLang mem_fraction_static); free: the KV cache gets
+    # that share of what weights and workspace leave (TensorRT-LLM
+    # KvCacheConfig.free_gpu_memory_fraction, default 0.9)
+    kv_memory_basis: str = "total"
     enable_chunked_prefill: bool = True
     max_model_len: int = 0  # 0 = the model's max_position_embeddings
     step_overhead_s: float = 0.0  # CPU per step: scheduling, launches not hidden by graphs
@@ -81,6 +87,12 @@ class EngineSpec:
     # full: a request's blocks for prompt + whole output are reserved when it is admitted,
     # so nothing is ever preempted (TensorRT-LLM's GUARANTEED_NO_EVICT)
     kv_reservation: str = "incremental"
+    # TensorRT-LLM's context batch waiting (batch_wait_timeout_iters, batch_wait_max_tokens_ratio;
+    # both 0 by default): while requests decode, new prompts are held back until their tokens
+    # plus the decode tokens reach ratio x max_num_batched_tokens or they have been held for
+    # `batch_wait_steps` steps, so prefills run in fewer, larger batches
+    batch_wait_steps: int = 0
+    batch_wait_tokens_ratio: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -236,6 +248,10 @@ class MemoryPlan:
     kv_capacity_bytes_per_gpu: float
     num_blocks: int
     block_size: int
+    # blocks each running sequence holds for its sliding-window layers: their KV covers at
+    # most the window plus the block being written, stored in pages of the full-attention
+    # layers' block size (vLLM's hybrid KV manager; 0 without sliding layers)
+    window_blocks_per_seq: int = 0
 
     @property
     def kv_capacity_tokens(self) -> int:
@@ -247,23 +263,34 @@ def kv_heads_per_gpu(model: ModelSpec, tp: int) -> float:
     return max(model.num_kv_heads / tp, 1.0)
 
 
-def kv_bytes_per_token_per_gpu(plan: ReplicaPlan) -> float:
+def kv_bytes_per_token_per_gpu(plan: ReplicaPlan, layers: int | None = None) -> float:
     """KV-cache bytes one token adds per GPU of the replica, on average.
 
     GQA: 2 x full-attention layers x kv_heads_per_gpu x head_dim x bytes (heads split over
     TP ranks, replicated once tp > kv_heads). MLA: layers x (kv_lora_rank + qk_rope_head_dim)
     x bytes, the latent replicated on every TP rank. Times the heaviest stage's share of the
     layers (`stage_share`) and divided by dp_attention (a sequence's KV lives on one
-    attention-DP group only).
+    attention-DP group only). `layers` overrides the layer count (the sliding layers).
     """
     m = plan.model
     b = fmt(plan.kv_format).bytes_per_element
     if m.is_mla:
         per_rank = m.kv_bytes_per_token(b)
     else:
-        layers = m.num_full_attention_layers
-        per_rank = 2.0 * layers * kv_heads_per_gpu(m, plan.tp) * m.head_dim * b
+        count = m.num_full_attention_layers if layers is None else layers
+        per_rank = 2.0 * count * kv_heads_per_gpu(m, plan.tp) * m.head_dim * b
     return per_rank * plan.stage_share / plan.dp_attention
+
+
+def window_blocks_per_seq(plan: ReplicaPlan, kv_tok_full: float) -> int:
+    """Blocks (of the full layers' page size) a sequence holds for its sliding layers: the
+    window plus the block being written, e.g. gpt-oss (18 full, 18 sliding layers, window 128,
+    16-token blocks): (128 + 16) / 16 = 9."""
+    m, bs = plan.model, plan.engine.block_size
+    if not m.num_sliding_layers or m.is_mla or kv_tok_full <= 0:
+        return 0
+    window_bytes = kv_bytes_per_token_per_gpu(plan, m.num_sliding_layers) * (m.sliding_window + bs)
+    return math.ceil(window_bytes / (kv_tok_full * bs))
 
 
 def weight_bytes_per_gpu(plan: ReplicaPlan) -> float:
@@ -302,21 +329,29 @@ def memory_plan(plan: ReplicaPlan) -> MemoryPlan:
     gpu, e = plan.gpu, plan.engine
     weights = weight_bytes_per_gpu(plan)
     work = workspace_bytes_per_gpu(plan)
-    usable = gpu.hbm_bytes * e.gpu_memory_utilization
-    kv_capacity = usable - weights - work
+    if e.kv_memory_basis == "free":
+        usable = gpu.hbm_bytes
+        kv_capacity = (usable - weights - work) * e.gpu_memory_utilization
+        share = f"{gpu.hbm_bytes / 1e9:.0f} GB of HBM"
+    else:
+        usable = gpu.hbm_bytes * e.gpu_memory_utilization
+        kv_capacity = usable - weights - work
+        share = f"{gpu.hbm_bytes / 1e9:.0f} GB x gpu_memory_utilization {e.gpu_memory_utilization}"
     kv_tok = kv_bytes_per_token_per_gpu(plan)
+    if kv_tok <= 0:  # every layer slides (Mistral-7B-v0.1): charge them per token, a bound
+        kv_tok = kv_bytes_per_token_per_gpu(plan, plan.model.num_sliding_layers)
     num_blocks = int(kv_capacity // (kv_tok * e.block_size)) if kv_capacity > 0 else 0
     if num_blocks < 1:
         raise PlanError(
             f"{plan.model.name} does not fit on {gpu.name} with {plan.layout}: weights "
             f"{weights / 1e9:.1f} GB + workspace {work / 1e9:.1f} GB per GPU exceed "
-            f"{usable / 1e9:.1f} GB usable ({gpu.hbm_bytes / 1e9:.0f} GB x "
-            f"gpu_memory_utilization {e.gpu_memory_utilization}); raise cluster.tp or "
+            f"{usable / 1e9:.1f} GB usable ({share}); raise cluster.tp or "
             f"cluster.pp, use a larger GPU, or quantize the weights (technique=[quantization])"
         )
     if plan.kv_blocks_override > 0:
         num_blocks = plan.kv_blocks_override
-    return MemoryPlan(weights, work, kv_tok, kv_capacity, num_blocks, e.block_size)
+    window = window_blocks_per_seq(plan, kv_bytes_per_token_per_gpu(plan))
+    return MemoryPlan(weights, work, kv_tok, kv_capacity, num_blocks, e.block_size, window)
 
 
 @dataclass(frozen=True)

@@ -198,7 +198,8 @@ def evaluate(
 
 def _measure(row: PlanRow, plan: ReplicaPlan, target: Target) -> PlanRow:
     mem = memory_plan(plan)
-    blocks_per_seq = math.ceil(target.context_tokens / mem.block_size)
+    # each sequence: its context's blocks plus its sliding-window layers' blocks
+    blocks_per_seq = math.ceil(target.context_tokens / mem.block_size) + mem.window_blocks_per_seq
     needed = target.concurrency * blocks_per_seq * mem.block_size
     row = _replace(
         row,
@@ -216,7 +217,8 @@ def _measure(row: PlanRow, plan: ReplicaPlan, target: Target) -> PlanRow:
         return _replace(
             row,
             reason=f"KV cache holds {mem.kv_capacity_tokens:,} tokens; {target.concurrency} "
-            f"x {target.context_tokens} needs {needed:,}",
+            f"x {target.context_tokens} needs {needed:,}"
+            + (" with its sliding-window blocks" if mem.window_blocks_per_seq else ""),
         )
     roofline = Roofline(cost_params(plan))
     overhead = EngineOverhead.of(plan.engine)

@@ -86,7 +86,13 @@ class Replica:
         self.max_len = max_model_len(plan)
         self.kv = KVCache(self.memory.num_blocks, self.memory.block_size, plan.prefix_caching)
         self.scheduler = Scheduler(
-            plan.engine, self.kv, plan.model.sliding_window, plan.speculation, rng, prefill_only
+            plan.engine,
+            self.kv,
+            plan.model.sliding_window,
+            plan.speculation,
+            rng,
+            prefill_only,
+            self.memory.window_blocks_per_seq,
         )
         self.step_model = step_model
         self.overhead = EngineOverhead.of(plan.engine)

@@ -24,6 +24,11 @@ token counts in the step rows are the group's expected tokens, rounded so they a
 KV reservation: `incremental` allocates blocks as tokens are computed and preempts when
 they run out (vLLM); `full` reserves prompt + whole output (+ k lookahead) at admission
 and never preempts (TensorRT-LLM's GUARANTEED_NO_EVICT; also used with speculation).
+Batch waiting (TensorRT-LLM's batch_wait_timeout_iters / batch_wait_max_tokens_ratio,
+`engine.batch_wait_steps` / `batch_wait_tokens_ratio`): while requests decode, a step that
+would start prompts holds them back unless their prompt tokens plus the decode tokens reach
+ratio x token budget or they were held `batch_wait_steps` steps in a row (the counter resets
+when prompts run); without decoding requests nothing is held.
 
 Disaggregated serving adds three hooks (the cluster drives them, sim/simulate.py):
 - `prefill_only`: a prefill replica's requests end with their prompt (the first token);
@@ -125,6 +130,7 @@ class Scheduler:
         speculation: Speculation | None = None,
         rng: np.random.Generator | None = None,
         prefill_only: bool = False,
+        window_blocks: int = 0,
     ) -> None:
         verify = 1 + (speculation.num_draft_tokens if speculation else 0)
         if engine.max_num_batched_tokens < engine.max_num_seqs * verify:
@@ -141,6 +147,7 @@ class Scheduler:
         self.kv = kv
         self.bs = kv.block_size
         self.window = window_tokens
+        self.window_blocks = window_blocks  # held by every admitted sequence (sliding layers)
         self.spec = speculation
         self.verify = verify
         self.lookahead = verify - 1
@@ -170,6 +177,10 @@ class Scheduler:
         self.incoming: dict[int, tuple[list[Hashable], int]] = {}
         self.remote_queued_tokens = 0  # prompt tokens of queued requests whose KV will come
         self.ready: deque[Request] = deque()  # KV arrived, to join the decode group
+        # batch waiting: steps in a row that held prompts back; did the last schedule() hold
+        self.batch_waiting = engine.batch_wait_steps > 0 and engine.batch_wait_tokens_ratio > 0
+        self.wait_count = 0
+        self.holding = False
 
     # -- counters the router reads ---------------------------------------------------------
     @property
@@ -293,12 +304,12 @@ class Scheduler:
         r.registered = 0
         table = ceil_div(r.computed, self.bs) if self.incremental else r.table_blocks
         r.table_blocks = 0
-        self.kv.free(table - len(held) * self.kv.unit_blocks)
+        self.kv.free(table + self.window_blocks - len(held) * self.kv.unit_blocks)
 
     def _hold(self, r: Request) -> None:
         """Keep a prefilled request's blocks (prefill_only) until `release_held`."""
         table = ceil_div(r.computed, self.bs) if self.incremental else r.table_blocks
-        self.held[r.request_id] = (r.held_keys, table)
+        self.held[r.request_id] = (r.held_keys, table + self.window_blocks)
         r.held_keys = []
         r.registered = 0
         r.table_blocks = 0
@@ -325,7 +336,7 @@ class Scheduler:
             table = ceil_div(r.input_tokens, bs)
         else:
             table = ceil_div(r.input_tokens + r.output_tokens + self.lookahead, bs)
-        blocks = table - hits * kv.unit_blocks
+        blocks = table + self.window_blocks - hits * kv.unit_blocks
         if blocks + idle * kv.unit_blocks > kv.num_free:
             return False
         self.waiting.popleft()
@@ -404,12 +415,13 @@ class Scheduler:
         e, bs, kv = self.engine, self.bs, self.kv
         if self.ready:
             self._join_ready()
+        self.holding = self.batch_waiting and self._hold_prompts()
         preempted = 0
         while True:
             budget = e.max_num_batched_tokens - self.n_dec * self.verify
             need_blocks = self.phase[-self.g % bs] if self.n_dec and self.incremental else 0
             chunks: list[tuple[Request, int]] = []
-            for r in self.prefilling:
+            for r in () if self.holding else self.prefilling:
                 q = min(r.input_tokens + r.num_output_done - r.computed, budget)
                 if q <= 0:
                     continue
@@ -423,9 +435,43 @@ class Scheduler:
             preempted += 1
         kv.allocate(need_blocks)
         admitted = 0
-        if not preempted and self.waiting:
+        if not preempted and self.waiting and not self.holding:
             admitted = self._admit_waiting(budget, now, chunks)
         return self._plan(chunks, preempted, admitted)
+
+    def _hold_prompts(self) -> bool:
+        """Batch waiting: hold this step's prompts back? (counts the held steps)
+
+        The prompts this step would start: the rest of those prefilling, then queued ones in
+        order while the token budget and `max_num_seqs` allow (each counted whole, as
+        TensorRT-LLM counts a context request's tokens).
+        """
+        e = self.engine
+        if not self.n_dec or not (self.prefilling or self.waiting):
+            return False
+        budget = e.max_num_batched_tokens - self.n_dec * self.verify
+        tokens = sum(r.input_tokens + r.num_output_done - r.computed for r in self.prefilling)
+        prompts = len(self.prefilling)
+        seats = e.max_num_seqs - len(self.running)
+        for r in self.waiting:
+            if tokens >= budget or seats <= 0:
+                break
+            if not r.remote_kv:  # (a KV transfer to receive is not a prompt)
+                tokens += r.input_tokens + r.num_output_done
+                prompts += 1
+                seats -= 1
+        if not prompts:
+            return False
+        # TensorRT-LLM stops waiting at count >= timeout or tokens >= ratio x budget (so
+        # either limit at 0 turns waiting off)
+        full = tokens + self.n_dec * self.verify >= e.batch_wait_tokens_ratio * (
+            e.max_num_batched_tokens
+        )
+        if full or self.wait_count >= e.batch_wait_steps:
+            self.wait_count = 0
+            return False
+        self.wait_count += 1
+        return True
 
     def _admit_waiting(self, budget: int, now: float, chunks: list[tuple[Request, int]]) -> int:
         e, bs, kv = self.engine, self.bs, self.kv
@@ -451,7 +497,7 @@ class Scheduler:
                 table = ceil_div(cached + q, bs)
             else:  # the whole sequence, plus room to verify k drafts
                 table = ceil_div(r.input_tokens + r.output_tokens + self.lookahead, bs)
-            blocks = table - hits * kv.unit_blocks
+            blocks = table + self.window_blocks - hits * kv.unit_blocks
             if blocks + idle * kv.unit_blocks > kv.num_free:
                 break
             self.waiting.popleft()
@@ -519,6 +565,8 @@ class Scheduler:
         during a stretch the batch is fixed and free blocks only shrink, so a blocked queue
         stays blocked. Only an arrival into an empty queue with room to spare can matter.
         """
+        if self.holding:  # an arrival may fill the batch that held prompts wait for
+            return True
         return not self.waiting and len(self.running) < self.engine.max_num_seqs
 
     def next_finish_step(self) -> int:
@@ -537,6 +585,8 @@ class Scheduler:
         """
         n, bs = self.n_dec, self.bs
         steps = max(1, min(self.next_finish_step() - self.g, max_steps))
+        if self.holding:  # held prompts start at the step whose count reaches the limit
+            steps = min(steps, self.engine.batch_wait_steps - self.wait_count + 1)
         stretch = Stretch(
             steps,
             n,
@@ -586,6 +636,8 @@ class Scheduler:
     ) -> list[Request]:
         """Apply the first `steps` steps of a stretch (step 0 was planned by `schedule`)."""
         self.kv.allocate(stretch.extra_blocks(steps))
+        if self.holding:  # steps 1.. of the stretch held the prompts too
+            self.wait_count += steps - 1
         return self._advance(steps, first_end_at, end_at, ())
 
     def _advance(

@@ -99,3 +99,14 @@ def test_attention_dp_stops_mla_kv_duplication() -> None:
     assert b.kv_capacity_tokens > 4 * a.kv_capacity_tokens
     per_gpu_tokens = b.kv_capacity_bytes_per_gpu / (MLA_ELEMENTS * 1.0)
     assert b.kv_capacity_tokens == pytest.approx(8 * per_gpu_tokens, rel=1e-3)
+
+
+def test_a_model_whose_every_layer_slides_charges_them_per_token() -> None:
+    # Mistral-7B-v0.1-style: the window applies to all layers, so no full-attention layer
+    # sets the page size; the sliding layers are charged per token (an upper bound)
+    p = plan("gpt-oss-120b", tp=2)
+    every = dataclasses.replace(p.model, num_sliding_layers=p.model.num_layers)
+    mem = memory_plan(layout(p, model=every))
+    per_token = 2 * 36 * (8 / 2) * 64 * 2  # 36 layers x 4 KV heads per GPU x 64 x 2 bytes
+    assert mem.kv_bytes_per_token_per_gpu == per_token
+    assert mem.window_blocks_per_seq == 0 and mem.num_blocks > 0

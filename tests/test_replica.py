@@ -7,6 +7,7 @@ import math
 import pandas as pd
 import pytest
 
+from sim.plan import memory_plan
 from sim.request import Request
 from tests.factories import LinearStepModel, plan, run_requests
 
@@ -83,7 +84,7 @@ def test_preemption_recomputes_and_frees_every_block() -> None:
     assert steps["kv_blocks_used"].max() <= 8
 
 
-def run_with_blocks(p, reqs, num_blocks: int):  # type: ignore[no-untyped-def]
+def run_with_blocks(p, reqs, num_blocks: int, window_blocks: int = 0):  # type: ignore[no-untyped-def]
     import simpy
 
     from sim.kv_cache import KVCache
@@ -93,7 +94,7 @@ def run_with_blocks(p, reqs, num_blocks: int):  # type: ignore[no-untyped-def]
     env = simpy.Environment()
     replica = Replica(env, 0, p, LinearStepModel(0.01))
     replica.kv = KVCache(num_blocks, p.engine.block_size)
-    replica.scheduler = Scheduler(p.engine, replica.kv)
+    replica.scheduler = Scheduler(p.engine, replica.kv, window_blocks=window_blocks)
     for r in reqs:
         replica.submit(r)
     env.run()
@@ -172,3 +173,68 @@ def test_overlapped_cpu_hides_under_gpu_time() -> None:
     assert hidden.step_seconds(0.010, 0.004) == 0.010
     assert hidden.step_seconds(0.002, 0.004) == 0.004  # CPU-bound steps take the CPU time
     assert model.token_seconds(1, 1) == 0.010
+
+
+def test_sliding_window_layers_hold_a_window_of_blocks_per_sequence() -> None:
+    # gpt-oss-120b: 18 full and 18 sliding layers with the same KV shape, window 128: a
+    # sequence holds its full layers' blocks plus (128 + 16) / 16 = 9 blocks of the same
+    # page size for its sliding layers (vLLM's hybrid KV manager)
+    p = plan("gpt-oss-120b", tp=2)
+    assert memory_plan(p).window_blocks_per_seq == 9
+    assert memory_plan(plan()).window_blocks_per_seq == 0  # Llama: no sliding layers
+    # 24 blocks: one 64-token prompt (4 blocks) + 9 fits twice (26 > 24 does not)
+    reqs = [Request(i, 0.0, input_tokens=64, output_tokens=3) for i in range(2)]
+    replica = run_with_blocks(p, reqs, num_blocks=24, window_blocks=9)
+    steps = pd.DataFrame(replica.step_columns())
+    assert steps["kv_blocks_used"].iloc[0] == 4 + 9  # the second waits for the first
+    assert reqs[1].first_scheduled_at == reqs[0].finished_at
+    assert replica.kv.num_free == replica.kv.num_blocks == 24
+
+
+@pytest.mark.parametrize(
+    ("prompt", "first_token_at"),
+    [
+        # 10 prompt + 1 decode token < 0.5 x 100: held 3 steps (0.02-0.05), runs 0.05-0.06
+        (10, 0.06),
+        # 60 + 1 >= 50: the batch is full enough, no wait: runs 0.02-0.03
+        (60, 0.03),
+    ],
+)
+def test_batch_waiting_holds_prompts_back_while_others_decode(
+    prompt: int, first_token_at: float
+) -> None:
+    # TensorRT-LLM batch_wait_timeout_iters 3, batch_wait_max_tokens_ratio 0.5; 10 ms steps.
+    # A prefills alone at 0-0.01 (nobody decodes, nothing is held), then decodes; B arrives
+    # at 0.015, during A's second step
+    p = plan(
+        max_num_batched_tokens=100, max_num_seqs=8, batch_wait_steps=3, batch_wait_tokens_ratio=0.5
+    )
+    a = Request(0, 0.0, input_tokens=20, output_tokens=10)
+    b = Request(1, 0.015, input_tokens=prompt, output_tokens=2)
+    replica = run_requests(p, LinearStepModel(0.01), [a, b])
+    assert a.first_token_at == pytest.approx(0.01)
+    assert b.first_scheduled_at == pytest.approx(first_token_at - 0.01)
+    assert b.first_token_at == pytest.approx(first_token_at)
+    assert a.finished_at == pytest.approx(0.10)  # A's 9 decode steps never wait
+    steps = pd.DataFrame(replica.step_columns())
+    assert steps["num_prefill_tokens"].sum() == 20 + prompt
+    assert replica.kv.num_free == replica.kv.num_blocks
+
+
+def test_stretches_equal_stepping_with_batch_waiting() -> None:
+    from sim.config import EngineConfig
+    from sim.simulate import simulate
+    from tests.factories import small_config
+
+    engine = EngineConfig(batch_wait_steps=40, batch_wait_tokens_ratio=0.8, max_num_seqs=256)
+    plain = simulate(small_config(engine=EngineConfig(max_num_seqs=256), fast_forward=True))
+    a = simulate(small_config(engine=engine, fast_forward=True))
+    b = simulate(small_config(engine=engine, fast_forward=False))
+    pd.testing.assert_frame_equal(a.requests, b.requests, check_exact=True)
+    pd.testing.assert_frame_equal(a.steps, b.steps, check_exact=True)
+    # prompts wait for a fuller batch: fewer prefill steps, later first tokens
+    prefills = (a.steps["num_prefill_tokens"] > 0).sum()
+    assert prefills < (plain.steps["num_prefill_tokens"] > 0).sum()
+    ttft = a.requests["first_token_at"] - a.requests["arrival_at"]
+    plain_ttft = plain.requests["first_token_at"] - plain.requests["arrival_at"]
+    assert ttft.mean() > plain_ttft.mean()

@@ -148,6 +148,11 @@ def test_offline_trace_arrives_at_time_zero() -> None:
             ValueError,
             "must be >= engine.max_num_seqs",
         ),
+        (
+            {"engine": EngineConfig(kv_memory_basis="spare")},
+            PlanError,
+            "engine.kv_memory_basis='spare': use total or free",
+        ),
         ({"workload": WorkloadConfig(kind="trace", trace="nope.csv")}, Exception, "nope.csv"),
         ({"workload": WorkloadConfig(kind="replay")}, ValueError, "workload.kind='replay'"),
     ],

@@ -100,3 +100,10 @@ def test_kv_blocks_from_memory_left_after_weights() -> None:
     kv = 81559 * 2**20 * 0.9 - weights - workspace  # nvidia-smi total of an H100 SXM
     assert mem.weight_bytes_per_gpu == weights
     assert mem.num_blocks == int(kv // (131072 * 16))
+    # TensorRT-LLM's free_gpu_memory_fraction: 90 % of what weights and workspace leave
+    free = memory_plan(
+        dataclasses.replace(p, engine=dataclasses.replace(p.engine, kv_memory_basis="free"))
+    )
+    kv_free = (81559 * 2**20 - weights - workspace) * 0.9
+    assert free.num_blocks == int(kv_free // (131072 * 16))
+    assert free.num_blocks > mem.num_blocks
