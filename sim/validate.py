@@ -347,6 +347,7 @@ class Setup:
     batch_size: int = 0
     context_tokens: int = 0
     prefix_caching: str = ""  # "" off | "on" | "unbounded" (an infinite KV pool)
+    engine_set: tuple[tuple[str, Any], ...] = ()  # `--set engine.KEY=VALUE`, every row
 
 
 def speculative_technique(row: Row) -> dict[str, Any]:
@@ -485,7 +486,32 @@ def engine_config(setup: Setup) -> EngineConfig:
     cfg = EngineConfig(**dict(_preset(setup.engine)))
     if setup.batch_defaults is not None:
         cfg.max_num_batched_tokens, cfg.max_num_seqs = setup.batch_defaults
+    for key, value in setup.engine_set:
+        setattr(cfg, key, value)
     return cfg
+
+
+def parse_engine_setting(text: str) -> tuple[str, Any]:
+    """`engine.KEY=VALUE` as (KEY, typed VALUE); ValueError naming the problem otherwise."""
+    name, sep, raw = text.partition("=")
+    fields = {f.name: f for f in dataclasses.fields(EngineConfig)}
+    key = name.strip().removeprefix("engine.")
+    if not sep or not name.strip().startswith("engine.") or key not in fields:
+        raise ValueError(
+            f"--set {text!r}: expected engine.KEY=VALUE with KEY one of {', '.join(fields)}"
+        )
+    default = getattr(EngineConfig(), key)
+    try:
+        if isinstance(default, bool):
+            if raw.strip().lower() not in ("true", "false"):
+                raise ValueError
+            return key, raw.strip().lower() == "true"
+        return key, type(default)(raw.strip())
+    except ValueError:
+        kinds = {bool: "true or false", int: "a whole number", float: "a number"}
+        raise ValueError(
+            f"--set {text!r}: engine.{key} takes {kinds.get(type(default), 'text')}, not {raw!r}"
+        ) from None
 
 
 def _length(value: float | None) -> int:
@@ -562,7 +588,12 @@ def cluster_of(row: Row) -> tuple[dict[str, Any], list[str]]:
     return fields, [n for n in (layout.note, engine_note) if n]
 
 
-def setup_of(row: Row, csv_dir: Path, max_requests: int | None) -> tuple[Setup, list[str]]:
+def setup_of(
+    row: Row,
+    csv_dir: Path,
+    max_requests: int | None,
+    engine_set: tuple[tuple[str, Any], ...] = (),
+) -> tuple[Setup, list[str]]:
     """The row's Setup and notes worth printing; Unexpressible with the reason otherwise."""
     speculative_technique(row)  # raises until speculative decoding is mapped; then add to Setup
     traffic = row.key("mode")
@@ -573,6 +604,7 @@ def setup_of(row: Row, csv_dir: Path, max_requests: int | None) -> tuple[Setup, 
             raise Unexpressible(f"mode trace needs the trace file {text!r} (looked for {path})")
     common, notes = cluster_of(row)
     common["traffic"] = traffic
+    common["engine_set"] = engine_set
     if traffic == "single_batch":
         batch_size, context = row.count("batch_size"), row.num("input_len")
         if batch_size is None or context is None:
@@ -821,6 +853,7 @@ class Harness:
 
     csv_dir: Path
     max_requests: int | None = None
+    engine_set: tuple[tuple[str, Any], ...] = ()  # engine settings applied to every row
     cache: dict[Setup, dict[str, float] | str] = field(default_factory=dict)
     num_simulations: int = 0
 
@@ -864,7 +897,7 @@ class Harness:
         check_metric(metric, mode)
         if mode == "ratio":
             return self.ratio(row)
-        setup, notes = setup_of(row, self.csv_dir, self.max_requests)
+        setup, notes = setup_of(row, self.csv_dir, self.max_requests, self.engine_set)
         if mode == "single_batch":
             return single_batch_ms(setup, metric), notes
         values = self.serving(setup)
@@ -961,9 +994,10 @@ def validate_rows(
     csv_dir: Path,
     max_requests: int | None = None,
     echo: Callable[[str], None] | None = None,
+    engine_set: tuple[tuple[str, Any], ...] = (),
 ) -> list[Result]:
     """Predict every simulatable row; `echo` receives one printable line per row."""
-    harness = Harness(csv_dir, max_requests)
+    harness = Harness(csv_dir, max_requests, engine_set)
     groups: dict[tuple[str, ...], str] = {}
     results = []
     for row in rows:
@@ -1048,18 +1082,24 @@ def results_frame(results: Sequence[Result]) -> pd.DataFrame:
 
 
 def validate_file(
-    path: Path, max_requests: int | None = None, echo: Callable[[str], None] | None = None
+    path: Path,
+    max_requests: int | None = None,
+    echo: Callable[[str], None] | None = None,
+    engine_set: tuple[tuple[str, Any], ...] = (),
+    only: str = "",
 ) -> list[Result]:
-    """Read, check and validate one scenario file (ScenarioError if it is malformed)."""
-    rows = read_scenarios(path)
-    return validate_rows(rows, path.resolve().parent, max_requests, echo)
+    """Read, check and validate one scenario file (ScenarioError if it is malformed); `only`
+    keeps the rows whose id contains it."""
+    rows = [r for r in read_scenarios(path) if only in r.id]
+    return validate_rows(rows, path.resolve().parent, max_requests, echo, engine_set)
 
 
 # --------------------------------------------------------------------------- CLI
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`servesim validate FILE.csv [--out report.csv] [--plot DIR] [--max-requests N]`."""
+    """`servesim validate FILE.csv [--out report.csv] [--plot DIR] [--max-requests N]
+    [--set engine.KEY=VALUE ...] [--only TEXT]`."""
     parser = argparse.ArgumentParser(
         prog="servesim validate",
         description="Simulate every simulatable row of a scenario CSV and compare with the "
@@ -1071,12 +1111,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--max-requests", type=int, metavar="N", help="cap the requests of every simulated setup"
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="engine.KEY=VALUE",
+        help="an engine setting for every row (a benchmark's server flags the format cannot "
+        "carry), e.g. --set engine.batch_wait_steps=40; repeatable",
+    )
+    parser.add_argument("--only", default="", metavar="TEXT", help="rows whose id contains TEXT")
     args = parser.parse_args(argv)
     if args.max_requests is not None and args.max_requests < 1:
         parser.error("--max-requests must be >= 1")
+    try:
+        engine_set = tuple(parse_engine_setting(text) for text in args.set)
+    except ValueError as err:
+        parser.error(str(err))
+    if engine_set:
+        print("engine settings for every row: " + ", ".join(f"{k}={v}" for k, v in engine_set))
     start = time.perf_counter()
     try:
-        results = validate_file(args.file, args.max_requests, echo=lambda s: print(s, flush=True))
+        results = validate_file(
+            args.file,
+            args.max_requests,
+            echo=lambda s: print(s, flush=True),
+            engine_set=engine_set,
+            only=args.only,
+        )
     except ScenarioError as err:
         print(f"servesim validate: error: {err}", file=sys.stderr)
         return 2

@@ -443,3 +443,45 @@ def test_rows_missing_what_their_mode_needs_are_skipped(
     with pytest.raises(Unexpressible, match=re.escape(reason)):
         harness.predict(row(**{**base, **cells}))
     assert harness.num_simulations == 0
+
+
+# --------------------------------------------------------------------------- --set / --only
+
+
+def test_engine_settings_parse_typed_or_fail_with_the_fix() -> None:
+    parse = validate.parse_engine_setting
+    assert parse("engine.batch_wait_steps=40") == ("batch_wait_steps", 40)
+    assert parse("engine.batch_wait_tokens_ratio=0.8") == ("batch_wait_tokens_ratio", 0.8)
+    assert parse("engine.overlap_scheduling=True") == ("overlap_scheduling", True)
+    assert parse("engine.kv_memory_basis=free") == ("kv_memory_basis", "free")
+    with pytest.raises(ValueError, match="KEY one of name, max_num_batched_tokens"):
+        parse("engine.batch_wait=40")
+    with pytest.raises(ValueError, match=re.escape("expected engine.KEY=VALUE")):
+        parse("batch_wait_steps=40")
+    with pytest.raises(ValueError, match=re.escape("batch_wait_steps takes a whole number, not")):
+        parse("engine.batch_wait_steps=soon")
+    with pytest.raises(ValueError, match="takes true or false"):
+        parse("engine.overlap_scheduling=yes")
+
+
+def test_set_applies_to_every_row_and_only_filters_rows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = [r for r in small_rows() if r["id"].startswith("lat_gps_qwen3-8b_h100tp1_vllm0110")]
+    path = write_csv(tmp_path / "c4.csv", rows)
+    plain = by_id(validate_file(path, MAX_REQUESTS, only="ttft_mean"))
+    assert list(plain) == ["lat_gps_qwen3-8b_h100tp1_vllm0110_sharegpt_c4__ttft_mean_ms"]
+    # a 0.5 s front end (request_overhead_s) adds 0.5 s to every request's TTFT
+    slow = by_id(
+        validate_file(
+            path, MAX_REQUESTS, engine_set=(("request_overhead_s", 0.55),), only="ttft_mean"
+        )
+    )
+    (key,) = plain
+    before, after = plain[key].predicted, slow[key].predicted
+    assert before is not None and after is not None
+    assert after - before == pytest.approx(500.0, abs=1.0)  # the preset's is 49.8 ms
+    with pytest.raises(SystemExit) as exit_:  # argparse: usage and the message, status 2
+        validate.main([str(path), "--only", "ttft_mean", "--set", "engine.nope=1"])
+    assert exit_.value.code == 2
+    assert "--set 'engine.nope=1': expected engine.KEY=VALUE" in capsys.readouterr().err
