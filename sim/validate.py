@@ -90,7 +90,10 @@ Mapping of a row onto a `Config` (every choice here, nothing per row):
   quantity / baseline quantity (baseline / row for latencies).
 
 `--out` writes one CSV row per scenario row; `--plot DIR` writes the figures and summary of
-`sim.fidelity` (also behind `benchmarks/fidelity.py`).
+`sim.fidelity` (also behind `benchmarks/fidelity.py`). `--set engine.KEY=VALUE` (repeatable)
+sets one engine field for every row, after the preset and the batch defaults: for a
+benchmark's server flags that the format cannot carry (e.g. TensorRT-LLM's batch waiting),
+never per row. `--only TEXT` keeps the rows whose id contains TEXT.
 """
 
 from __future__ import annotations
