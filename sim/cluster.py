@@ -61,12 +61,13 @@ from sim.techniques import apply_techniques
 
 def engine_spec(cfg: EngineConfig) -> EngineSpec:
     spec = EngineSpec(**dataclasses.asdict(cfg))  # the same fields, frozen
+    if spec.kv_memory_basis not in ("total", "free"):
+        raise PlanError(f"engine.kv_memory_basis={spec.kv_memory_basis!r}: use total or free")
     checks = {
         "max_num_batched_tokens": spec.max_num_batched_tokens >= 1,
         "max_num_seqs": spec.max_num_seqs >= 1,
         "block_size": spec.block_size >= 1,
         "gpu_memory_utilization": 0 < spec.gpu_memory_utilization <= 1,
-        "kv_memory_basis": spec.kv_memory_basis in ("total", "free"),
         "max_model_len": spec.max_model_len >= 0,
         "step_overhead_s": spec.step_overhead_s >= 0,
         "inflight_overhead_s": spec.inflight_overhead_s >= 0,
@@ -75,8 +76,6 @@ def engine_spec(cfg: EngineConfig) -> EngineSpec:
         "batch_wait_tokens_ratio": 0 <= spec.batch_wait_tokens_ratio <= 1,
     }
     for key, ok in checks.items():
-        if key == "kv_memory_basis" and not ok:
-            raise PlanError(f"engine.kv_memory_basis={spec.kv_memory_basis!r}: use total or free")
         if not ok:
             raise PlanError(f"engine.{key}={getattr(spec, key)} is out of range")
     return spec

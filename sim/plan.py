@@ -337,7 +337,8 @@ def memory_plan(plan: ReplicaPlan) -> MemoryPlan:
         usable = gpu.hbm_bytes * e.gpu_memory_utilization
         kv_capacity = usable - weights - work
         share = f"{gpu.hbm_bytes / 1e9:.0f} GB x gpu_memory_utilization {e.gpu_memory_utilization}"
-    kv_tok = kv_bytes_per_token_per_gpu(plan)
+    kv_tok_full = kv_bytes_per_token_per_gpu(plan)
+    kv_tok = kv_tok_full
     if kv_tok <= 0:  # every layer slides (Mistral-7B-v0.1): charge them per token, a bound
         kv_tok = kv_bytes_per_token_per_gpu(plan, plan.model.num_sliding_layers)
     num_blocks = int(kv_capacity // (kv_tok * e.block_size)) if kv_capacity > 0 else 0
@@ -350,7 +351,7 @@ def memory_plan(plan: ReplicaPlan) -> MemoryPlan:
         )
     if plan.kv_blocks_override > 0:
         num_blocks = plan.kv_blocks_override
-    window = window_blocks_per_seq(plan, kv_bytes_per_token_per_gpu(plan))
+    window = window_blocks_per_seq(plan, kv_tok_full)
     return MemoryPlan(weights, work, kv_tok, kv_capacity, num_blocks, e.block_size, window)
 
 
