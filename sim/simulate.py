@@ -392,6 +392,22 @@ def _run_to_end(env: simpy.Environment, horizon_s: float, progress: bool) -> Non
             bar.refresh()
 
 
+class DriverHooks:
+    """Replica callbacks for the Driver, which is built after the replicas (it needs them):
+    pass the bound methods to the replicas, then set `driver`."""
+
+    driver: Driver
+
+    def on_finish(self, request: Request) -> None:
+        self.driver.on_finish(request)
+
+    def on_reserve(self, request: Request, at: float) -> None:
+        self.driver.on_reserve(request, at)
+
+    def on_step_start(self, plan: StepPlan, start_at: float, end_at: float) -> None:
+        self.driver.on_step_start(plan, start_at, end_at)
+
+
 def simulate(cfg: Config | DictConfig) -> SimResult:
     """Replay the configured workload through the configured cluster."""
     cfg = to_config(cfg)
@@ -400,20 +416,10 @@ def simulate(cfg: Config | DictConfig) -> SimResult:
     env = simpy.Environment()
     requests = make_requests(trace)
     closed = cfg.workload.concurrency > 0
-    driver_box: list[Driver] = []
-
-    def on_finish(request: Request) -> None:
-        driver_box[0].on_finish(request)
-
-    def on_reserve(request: Request, at: float) -> None:
-        driver_box[0].on_reserve(request, at)
-
-    def on_step_start(plan: StepPlan, start_at: float, end_at: float) -> None:
-        driver_box[0].on_step_start(plan, start_at, end_at)
-
-    cluster = build_cluster(env, cfg, on_finish, on_reserve, on_step_start)
+    hooks = DriverHooks()
+    cluster = build_cluster(env, cfg, hooks.on_finish, hooks.on_reserve, hooks.on_step_start)
     driver = Driver(env, requests, cluster, cfg.router, rng, cfg.workload.concurrency)
-    driver_box.append(driver)
+    hooks.driver = driver
     env.process(driver.closed_loop() if closed else driver.open_loop())
     _run(env, float(trace.arrival_s[-1]) if not closed else 0.0, cfg.progress)
     check_conservation(requests, cluster.replicas)

@@ -36,8 +36,8 @@ from sim.metrics import SLO, Summary, cluster_stats, summarize
 from sim.plan import PlanError, ReplicaPlan
 from sim.replica import Replica
 from sim.request import Request
-from sim.scheduler import Scheduler, StepPlan
-from sim.simulate import Driver, SimResult, simulate
+from sim.scheduler import Scheduler
+from sim.simulate import Driver, DriverHooks, SimResult, simulate
 from tests.factories import LinearStepModel, plan, small_config
 
 KV_8B = 32 * 8 * 128 * 2 * 2  # Llama-3.1-8B bf16 KV bytes per token (all layers, K and V)
@@ -167,22 +167,14 @@ def pair(
     """1P1D on separate nodes: prefill steps 10 ms + 10 us/token, decode steps 5 ms."""
     env = simpy.Environment()
     p = dataclasses.replace(plan(max_num_batched_tokens=budget), prefix_caching=prefix_caching)
-    box: list[Driver] = []
-
-    def on_finish(r: Request) -> None:
-        box[0].on_finish(r)
-
-    def on_reserve(r: Request, at: float) -> None:
-        box[0].on_reserve(r, at)
-
-    def on_step_start(plan_: StepPlan, start: float, end: float) -> None:
-        box[0].on_step_start(plan_, start, end)
-
+    hooks = DriverHooks()
     prefill = Replica(
-        env, 0, p, LinearStepModel(0.010, 1e-5), prefill_only=True, on_finish=on_finish,
-        on_step_start=on_step_start if link.overlap else None,
+        env, 0, p, LinearStepModel(0.010, 1e-5), prefill_only=True, on_finish=hooks.on_finish,
+        on_step_start=hooks.on_step_start if link.overlap else None,
     )  # fmt: skip
-    decode = Replica(env, 1, p, LinearStepModel(0.005), on_finish=on_finish, on_reserve=on_reserve)
+    decode = Replica(
+        env, 1, p, LinearStepModel(0.005), on_finish=hooks.on_finish, on_reserve=hooks.on_reserve
+    )
     if decode_blocks:
         decode.kv = KVCache(decode_blocks, 16, prefix_caching)
         decode.scheduler = Scheduler(p.engine, decode.kv)
@@ -192,7 +184,7 @@ def pair(
         Network(env, link.fairness), link,
     )  # fmt: skip
     driver = Driver(env, requests, cluster, RouterConfig(), np.random.default_rng(0), 0)
-    box.append(driver)
+    hooks.driver = driver
     env.process(driver.open_loop())
     if probe is not None:
         env.process(probe(env, [prefill, decode]))  # type: ignore[arg-type]
