@@ -43,6 +43,7 @@ from sim.config import ClusterConfig, Config, EngineConfig, LinkConfig, PoolConf
 from sim.hardware import GPUSpec, ModelSpec, load_gpu, load_model
 from sim.link import Link, Network
 from sim.plan import (
+    MXFP4_MOE_LAYOUTS,
     EngineSpec,
     PlanError,
     ReplicaPlan,
@@ -63,6 +64,11 @@ def engine_spec(cfg: EngineConfig) -> EngineSpec:
     spec = EngineSpec(**dataclasses.asdict(cfg))  # the same fields, frozen
     if spec.kv_memory_basis not in ("total", "free"):
         raise PlanError(f"engine.kv_memory_basis={spec.kv_memory_basis!r}: use total or free")
+    if spec.mxfp4_moe_layout not in MXFP4_MOE_LAYOUTS:
+        raise PlanError(
+            f"engine.mxfp4_moe_layout={spec.mxfp4_moe_layout!r}: use "
+            + " or ".join(MXFP4_MOE_LAYOUTS)
+        )
     checks = {
         "max_num_batched_tokens": spec.max_num_batched_tokens >= 1,
         "max_num_seqs": spec.max_num_seqs >= 1,

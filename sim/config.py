@@ -73,6 +73,7 @@ class EngineConfig:
     kv_reservation: str = "incremental"  # incremental (vLLM) | full (TRT-LLM no-evict)
     batch_wait_steps: int = 0  # TRT-LLM batch_wait_timeout_iters (0: off), see EngineSpec
     batch_wait_tokens_ratio: float = 0.0  # TRT-LLM batch_wait_max_tokens_ratio
+    mxfp4_moe_layout: str = "checkpoint"  # checkpoint | vllm: MXFP4 expert padding, see EngineSpec
 
 
 @dataclass

@@ -40,7 +40,14 @@ GPU_KEYS = frozenset(
     }
 )
 EFFICIENCY_KEYS = frozenset(
-    {"matmul_frac", "hbm_frac", "allreduce_latency_us", "allreduce_bw_frac", "gemm_pad_tokens"}
+    {
+        "matmul_frac",
+        "hbm_frac",
+        "allreduce_latency_us",
+        "allreduce_bw_frac",
+        "gemm_pad_tokens",
+        "layer_floor_us",
+    }
 )
 # Architecture facts HF implies by `model_type` rather than stating as config keys. A model
 # YAML may set any of these keys explicitly to override.
@@ -70,6 +77,10 @@ class Efficiency:
     gemm_pad_tokens: the GEMM-shape cost: a GEMM over M tokens computes as if over
         M + gemm_pad_tokens (tile padding and fixed kernel cost), so small-M GEMMs (decode,
         MoE experts that see few tokens) reach a lower share of the peak than large ones.
+    layer_floor_s: GPU seconds each layer costs a step whatever the batch: the minimum
+        durations of its dozen kernels (launch inside a CUDA graph, wave ramp-up and tail),
+        which no roofline term sees. Unlike the engine's CPU overhead, overlap scheduling
+        cannot hide it.
     """
 
     matmul_frac: dict[str, float]
@@ -77,6 +88,7 @@ class Efficiency:
     allreduce_latency_s: float
     allreduce_bw_frac: float
     gemm_pad_tokens: float = 0.0
+    layer_floor_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -551,12 +563,19 @@ def _efficiency_from_doc(doc: _Doc, rate_keys: tuple[str, ...]) -> Efficiency:
             f"{bw_frac} times the link peak is implausible",
             "give a fraction (NVLS may reach slightly above 1)",
         )
+    costs = {
+        k: doc.number(k, default=0.0, positive=False) for k in ("gemm_pad_tokens", "layer_floor_us")
+    }
+    for key, value in costs.items():
+        if value < 0:
+            raise doc.error(key, f"must be >= 0, got {value:g}", "give 0 or a positive value")
     return Efficiency(
         matmul_frac=matmul_frac,
         hbm_frac=hbm_frac,
         allreduce_latency_s=doc.number("allreduce_latency_us") * 1e-6,
         allreduce_bw_frac=bw_frac,
-        gemm_pad_tokens=doc.number("gemm_pad_tokens", default=0.0, positive=False),
+        gemm_pad_tokens=costs["gemm_pad_tokens"],
+        layer_floor_s=costs["layer_floor_us"] * 1e-6,
     )
 
 

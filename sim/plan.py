@@ -93,6 +93,9 @@ class EngineSpec:
     # `batch_wait_steps` steps, so prefills run in fewer, larger batches
     batch_wait_steps: int = 0
     batch_wait_tokens_ratio: float = 0.0
+    # how the MoE kernels lay out MXFP4 expert weights. checkpoint: as stored; vllm: padded
+    # as vLLM's Mxfp4MoEMethod.create_weights does (`expert_layout_factor`)
+    mxfp4_moe_layout: str = "checkpoint"
 
 
 @dataclass(frozen=True)
@@ -293,6 +296,35 @@ def window_blocks_per_seq(plan: ReplicaPlan, kv_tok_full: float) -> int:
     return math.ceil(window_bytes / (kv_tok_full * bs))
 
 
+MXFP4_MOE_LAYOUTS = ("checkpoint", "vllm")
+
+
+def round_up(value: float, multiple: int) -> float:
+    return math.ceil(value / multiple) * multiple
+
+
+def expert_layout_factor(plan: ReplicaPlan) -> float:
+    """Routed-expert weight elements as the MoE kernels hold them, over the checkpoint's.
+
+    `engine.mxfp4_moe_layout=vllm` pads MXFP4 experts as vLLM's Mxfp4MoEMethod.create_weights
+    (v0.10-0.11) does for its kernels: on a GPU without native MXFP4 (Marlin, weight-only)
+    the hidden size to a multiple of 256 and the per-GPU intermediate size to 128; on one
+    with native MXFP4 (FlashInfer's TensorRT-LLM kernels) both to 256. The padding is held
+    in memory, read every step and computed over. For gpt-oss-120b (hidden and intermediate
+    2880) on one H100: 3072 x 2944 / 2880^2 = 1.090; on eight B200: 3072 x 512 / (2880 x 360)
+    = 1.517.
+    """
+    m = plan.model
+    if plan.engine.mxfp4_moe_layout != "vllm" or not m.is_moe or plan.expert_format != "mxfp4":
+        return 1.0
+    expert_tp = max(plan.stage_gpus // plan.ep, 1)  # GPUs sharing one expert's matrices
+    inter = m.moe_intermediate_size / expert_tp
+    native = "mxfp4" in plan.gpu.block_scaled_formats
+    hidden_pad = round_up(m.hidden_size, 256)
+    inter_pad = round_up(inter, 256 if native else 128)
+    return hidden_pad * inter_pad / (m.hidden_size * inter)
+
+
 def weight_bytes_per_gpu(plan: ReplicaPlan) -> float:
     p = plan.model.params
     dense = p.embedding + p.lm_head + p.attention + p.dense_mlp + p.shared_experts + p.router
@@ -301,7 +333,7 @@ def weight_bytes_per_gpu(plan: ReplicaPlan) -> float:
     eb = fmt(plan.expert_format).bytes_per_element
     # dense weights: TP-split, replicated per attention-DP group; experts: split over all
     # GPUs of a stage (EP ranks x expert TP); the heaviest pipeline stage's share of all
-    total = dense * wb + p.routed_experts * eb / plan.dp_attention
+    total = dense * wb + p.routed_experts * expert_layout_factor(plan) * eb / plan.dp_attention
     spec = plan.speculation
     if spec is not None and spec.draft_model is not None:  # a draft model lives beside it
         total += spec.draft_model.total_params * wb
@@ -383,6 +415,7 @@ class CostParams:
     expert_rate_flops_per_s: float = 0.0  # routed-expert GEMMs (0 = gemm_rate_flops_per_s)
     expert_load_factor: float = 1.0  # busiest EP rank's expert work over the mean (1 + skew)
     gemm_pad_tokens: float = 0.0  # GEMM-shape cost: M tokens compute as M + this (per GEMM)
+    floor_s: float = 0.0  # per-step GPU time no batch shape removes: layers x layer floor
     alltoall_count: float = 0.0  # EP dispatch + combine per stage and step (2 per MoE layer)
     alltoall_bytes_per_token: float = 0.0  # per collective, per token of the step, per GPU
     alltoall_latency_s: float = 0.0
@@ -398,7 +431,7 @@ class CostParams:
 # (read gate+up, write out). Documented estimate; the calibration bounds its effect.
 ACT_PASSES_HIDDEN = 12.0
 ACT_PASSES_INTERMEDIATE = 3.0
-ATTENTION_FRACTION_OF_MATMUL = 0.4  # flash-attention FLOP/s relative to large GEMMs
+ATTENTION_FRACTION_OF_MATMUL = 0.4427  # flash-attention FLOP/s relative to large GEMMs
 
 
 def cost_params(plan: ReplicaPlan) -> CostParams:
@@ -427,7 +460,7 @@ def cost_params(plan: ReplicaPlan) -> CostParams:
     inter = m.moe_intermediate_size * m.experts_per_token if m.is_moe else m.intermediate_size
     act = m.num_layers * (ACT_PASSES_HIDDEN * m.hidden_size + ACT_PASSES_INTERMEDIATE * inter / tp)
     num_experts = m.num_experts if m.is_moe else 0
-    per_expert = p.routed_experts / num_experts if num_experts else 0.0
+    per_expert = p.routed_experts * expert_layout_factor(plan) / num_experts if num_experts else 0.0
     ar_bw = 0.0
     if tp > 1:
         ar_bw = gpu.scaleup_bw_bytes_per_s * eff.allreduce_bw_frac / (2.0 * (tp - 1) / tp)
@@ -457,6 +490,7 @@ def cost_params(plan: ReplicaPlan) -> CostParams:
         expert_rate_flops_per_s=expert_rate,
         expert_load_factor=1.0 + plan.ep_skew if plan.ep > 1 else 1.0,
         gemm_pad_tokens=gpu.efficiency.gemm_pad_tokens,
+        floor_s=plan.stage_layers * eff.layer_floor_s,
     )
     return _with_pipeline(plan, _with_alltoall(plan, ab, params))
 
@@ -607,5 +641,6 @@ def draft_cost_params(plan: ReplicaPlan) -> CostParams | None:
             expert_bytes=params.expert_bytes * f,
             act_bytes_per_token=params.act_bytes_per_token * f,
             allreduce_count=round(params.allreduce_count * f),
+            floor_s=params.floor_s * f,
         )
     return params

@@ -4,12 +4,16 @@ A step's GPU time is the sum of its kernel classes, each bound by compute or mem
 (whichever is slower), plus tensor-parallel collectives:
 
     dense GEMMs   max(2·P_dense·(T + pad) / R_gemm,  W_dense / BW)
-    MoE experts   max(2·P_expert·(k·T + E_touched·pad) / R_gemm,  E_touched(T)·W_expert / BW)
+    MoE experts   max(2·P_expert·E_touched·rows(m) / R_gemm,  E_touched(T)·W_expert / BW)
     LM head       max(2·h·V·(S + pad) / R_gemm,  h·V·b / BW)    S = sequences sampled
+    floor         layers·layer_floor                            kernel minimum durations
 
 `pad` (gemm_pad_tokens, per GPU profile) is the GEMM-shape cost: a GEMM over M tokens
 costs as much compute as M + pad would at the large-GEMM rate (tile padding, fixed kernel
-cost), so small-M GEMMs such as lightly loaded MoE experts run well below the peak.
+cost), so small-M GEMMs run below the peak. A touched expert sees m = k·T / E_touched tokens
+and its grouped GEMM computes rows(m) = min(max(16, 1.5·m), m + pad) rows: the kernels pick
+a token tile to fit m (`expert_gemm_rows`). `layer_floor` (per GPU profile) is GPU time a
+layer costs whatever the batch; overlap scheduling cannot hide it.
     attention     max(F_pair·pairs / R_attn,  KV_tok·(read + T) / BW)
     other passes  A_tok·T / BW                                  norms, rotary, activation
     all-reduce    n_ar·(latency + T·h·2 / BW_ar)
@@ -118,6 +122,22 @@ class StepTimeModel(Protocol):
     ) -> np.ndarray: ...
 
 
+MOE_MIN_TILE_ROWS = 16.0  # smallest token tile of grouped MoE GEMMs (mma.sync / swap-AB)
+MOE_TILE_WASTE = 1.5  # a power-of-two tile >= m tokens holds about 1.5·m rows on average
+
+
+def expert_gemm_rows(tokens_per_expert: float, pad: float) -> float:
+    """Rows one expert's grouped GEMM computes for m tokens: min(max(16, 1.5·m), m + pad).
+
+    Grouped MoE kernels (vLLM fused_moe and Marlin MoE, TensorRT-LLM's swap-AB grouped
+    GEMMs) pick the token tile from the tokens per expert: a power of two at least m, and at
+    least 16 rows, so a lightly loaded expert computes 16 rows, not m + pad, and a tile holds
+    about 1.5·m rows on average (rounding up to the next power of two). Heavily loaded experts
+    run large tiles like a dense GEMM: m + pad, the large-GEMM shape cost.
+    """
+    return min(max(MOE_MIN_TILE_ROWS, MOE_TILE_WASTE * tokens_per_expert), tokens_per_expert + pad)
+
+
 class Roofline:
     """The default step-time model over CostParams (see the module docstring)."""
 
@@ -160,12 +180,14 @@ class Roofline:
             expert_rate = p.expert_rate_flops_per_s or rate
             expert_tokens = num_tokens * p.expert_load_factor  # the busiest EP rank
             touched = self.experts_touched(expert_tokens)
-            # each touched expert's GEMM pads its own few tokens
-            padded = expert_tokens + touched * pad / max(p.experts_per_token, 1)
+            # each touched expert's GEMM pads its own few tokens (see expert_gemm_rows)
+            k = max(p.experts_per_token, 1)
+            rows = expert_gemm_rows(k * expert_tokens / touched, pad) if touched else 0.0
+            padded = touched * rows / k
             t += max(p.expert_flops_per_token * padded / expert_rate, touched * p.expert_bytes / bw)
         if num_samples:
             t += max(p.lm_head_flops_per_sample * (num_samples + pad) / rate, p.lm_head_bytes / bw)
-        t += p.act_bytes_per_token * num_tokens / bw
+        t += p.act_bytes_per_token * num_tokens / bw + p.floor_s
         if p.allreduce_count:
             per = p.allreduce_latency_s + num_tokens * p.allreduce_bytes_per_token / (
                 p.allreduce_bytes_per_s

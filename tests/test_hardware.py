@@ -109,7 +109,7 @@ def test_serving_efficiencies_stay_below_the_measured_best_case() -> None:
         assert 0.6 * measured <= gpu.achievable_flops_per_s(key) <= measured
     assert 0.6 * 2.97e12 <= gpu.achievable_hbm_bw_bytes_per_s <= 2.97e12
     assert gpu.achievable_flops_per_s("bf16") == 989.4e12 * 0.5  # the fitted values
-    assert gpu.achievable_hbm_bw_bytes_per_s == 3.35e12 * 0.6884
+    assert gpu.achievable_hbm_bw_bytes_per_s == 3.35e12 * 0.8865
     with pytest.raises(KeyError, match="fp4"):
         gpu.achievable_flops_per_s("fp4")
 
@@ -396,6 +396,10 @@ def test_bad_gpu_efficiency(tmp_path: Path) -> None:
     data = _h100_data()
     data["efficiency"]["hbm_frac"] = 88.7
     assert "'efficiency.hbm_frac'" in _gpu_error(tmp_path, data)
+    data = _h100_data()
+    data["efficiency"]["layer_floor_us"] = -5
+    message = _gpu_error(tmp_path, data)
+    assert "'efficiency.layer_floor_us'" in message and ">= 0" in message
     data = _h100_data()
     data["efficiency"]["allreduce_latency"] = 40
     message = _gpu_error(tmp_path, data)

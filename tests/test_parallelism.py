@@ -20,7 +20,8 @@ ATTN = L * (2 * H * H + 2 * H * 1024)
 MLP = L * 3 * H * INTER
 NORMS = L * 2 * H + H
 RATE = 989.4e12 * 0.5
-BW = 3.35e12 * 0.6884
+BW = 3.35e12 * 0.8865
+FLOOR = 24.49e-6  # GPU seconds per layer and step (H100 profile)
 NVLINK = 450e9 * 0.971  # unidirectional NVLink4 at the profile's collective efficiency
 LATENCY = 45e-6
 NIC = 400e9 / 8
@@ -80,9 +81,9 @@ def test_pipeline_decode_step_by_hand() -> None:
     lm_head = max(2 * H * V * s * x / RATE, H * V * 2 * s / BW)
     act = L * (12 * H + 3 * INTER) * 2 * s * x / BW
     send = LATENCY + x * H * 2 / NVLINK  # 4 GPUs: one NVLink domain
-    tokens_s = 4 * (gemm + lm_head + act + send)
+    tokens_s = 4 * (gemm + lm_head + act + 8 * FLOOR + send)  # a stage runs 8 layers
     pairs, read = 2 * 1001, 2 * 1000
-    attn = max(4 * 32 * 128 * L * s * pairs / (RATE * 0.4), 131072 * s * (read + 2) / BW)
+    attn = max(4 * 32 * 128 * L * s * pairs / (RATE * 0.4427), 131072 * s * (read + 2) / BW)
     expected = tokens_s + attn * 4 / 2  # bubble: 4 stages, 2 microbatches
     assert model.token_seconds(2, 2) == pytest.approx(tokens_s, rel=1e-12)
     assert model.step_seconds(StepShape(2, 2, pairs, read)) == pytest.approx(expected, rel=1e-12)

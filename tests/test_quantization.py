@@ -7,9 +7,16 @@ import dataclasses
 import pytest
 
 from sim.cluster import build_plan
-from sim.config import ClusterConfig, Config, ModelConfig
+from sim.config import ClusterConfig, Config, EngineConfig, ModelConfig
 from sim.dtypes import get_format
-from sim.plan import PlanError, ReplicaPlan, compute_rate_key, cost_params, memory_plan
+from sim.plan import (
+    PlanError,
+    ReplicaPlan,
+    compute_rate_key,
+    cost_params,
+    expert_layout_factor,
+    memory_plan,
+)
 from sim.step_time import Roofline, StepShape
 from sim.techniques import TechniqueError
 
@@ -66,6 +73,8 @@ def test_fp8_runs_decode_faster_through_bytes() -> None:
     assert fp8.gemm_weight_bytes == bf16.gemm_weight_bytes / 2
     assert fp8.kv_bytes_per_token == bf16.kv_bytes_per_token / 2
     shape = StepShape(8, 8, 8 * 2001, 8 * 2000)
+    assert fp8.floor_s == bf16.floor_s > 0  # kernel minimum durations do not shrink
+    bf16, fp8 = (dataclasses.replace(c, floor_s=0.0) for c in (bf16, fp8))
     ratio = Roofline(bf16).step_seconds(shape) / Roofline(fp8).step_seconds(shape)
     assert 1.8 < ratio <= 2.0  # weight- and KV-read bound: bytes halve
 
@@ -143,6 +152,38 @@ def test_experts_follow_weights_but_never_widen_the_checkpoint() -> None:
     assert quantized("gpt-oss-120b", "H200", experts="fp8").expert_format == "fp8"
     q = quantized("Qwen3-30B-A3B", weights="nvfp4", activations="fp8")
     assert q.expert_format == "nvfp4"
+
+
+def test_vllm_mxfp4_layout_pads_gpt_oss_experts() -> None:
+    """gpt-oss-120b: hidden 2880, expert intermediate 2880, 128 experts in 36 layers."""
+
+    def gpt_oss(layout: str, gpu: str = "H100-SXM", tp: int = 1) -> ReplicaPlan:
+        engine = EngineConfig(mxfp4_moe_layout=layout)
+        return build_plan(Config(ModelConfig("gpt-oss-120b"), ClusterConfig(1, gpu, tp), engine))
+
+    stored, marlin = gpt_oss("checkpoint"), gpt_oss("vllm")
+    assert expert_layout_factor(stored) == 1.0
+    # Marlin (no native MXFP4 on H100): hidden 2880 -> 3072, intermediate 2880 -> 2944
+    assert expert_layout_factor(marlin) == pytest.approx(3072 * 2944 / 2880**2, rel=1e-12)
+    # FlashInfer on B200 (native MXFP4), TP8: intermediate 360 per GPU -> 512
+    b200 = gpt_oss("vllm", "B200", 8)
+    assert expert_layout_factor(b200) == pytest.approx(3072 * 512 / (2880 * 360), rel=1e-12)
+    # three 2880 x 2880 matrices and their biases (gate, up: 2880 each; down: 2880)
+    experts = 36 * 128 * 3 * (2880 * 2880 + 2880) * get_format("mxfp4").bytes_per_element
+    extra = memory_plan(marlin).weight_bytes_per_gpu - memory_plan(stored).weight_bytes_per_gpu
+    assert extra == pytest.approx(experts * (3072 * 2944 / 2880**2 - 1), rel=1e-9)
+    assert memory_plan(marlin).weight_bytes_per_gpu / 2**30 == pytest.approx(65.8, abs=0.05)
+    assert memory_plan(marlin).num_blocks < memory_plan(stored).num_blocks
+    c0, c1 = cost_params(stored), cost_params(marlin)
+    assert c1.expert_bytes / c0.expert_bytes == pytest.approx(3072 * 2944 / 2880**2, rel=1e-12)
+    assert c1.expert_flops_per_token / c0.expert_flops_per_token == pytest.approx(
+        3072 * 2944 / 2880**2, rel=1e-12
+    )
+    # only MXFP4 experts are padded
+    dense = build_plan(
+        Config(ModelConfig("Qwen3-30B-A3B"), ClusterConfig(1, "H100-SXM", 1), EngineConfig())
+    )
+    assert expert_layout_factor(dense) == 1.0
 
 
 def test_quality_notes_reach_the_run_summary() -> None:

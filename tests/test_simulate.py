@@ -153,6 +153,11 @@ def test_offline_trace_arrives_at_time_zero() -> None:
             PlanError,
             "engine.kv_memory_basis='spare': use total or free",
         ),
+        (
+            {"engine": EngineConfig(mxfp4_moe_layout="marlin")},
+            PlanError,
+            "engine.mxfp4_moe_layout='marlin': use checkpoint or vllm",
+        ),
         ({"workload": WorkloadConfig(kind="trace", trace="nope.csv")}, Exception, "nope.csv"),
         ({"workload": WorkloadConfig(kind="replay")}, ValueError, "workload.kind='replay'"),
     ],
