@@ -22,6 +22,7 @@ rows the knob can affect.
     python benchmarks/calibrate.py                 # show residuals at the current values
     python benchmarks/calibrate.py --fit           # refit and print the new values
     python benchmarks/calibrate.py --fit --write   # ... and write them into the YAML files
+    python benchmarks/calibrate.py --fit --step 1.1   # polish: finer first step
 """
 
 from __future__ import annotations
@@ -217,6 +218,9 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--fit", action="store_true")
     parser.add_argument("--write", action="store_true", help="write fitted values to the YAML")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--step", type=float, default=1.5, help="first round's factor (square-rooted each round)"
+    )
     parser.add_argument("--max-requests", type=int, default=0, help="0: validate's default")
     parser.add_argument("--only", default="", help="comma-separated knob names to fit")
     args = parser.parse_args(argv)
@@ -254,7 +258,7 @@ def fit(
     errors: dict[str, float],
     args: argparse.Namespace,
 ) -> dict[str, float]:
-    step = 1.5
+    step = args.step
     for rnd in range(args.rounds):
         for knob in knobs:
             subset = {f: [r for r in rs if knob.applies(r)] for f, rs in rows.items()}

@@ -431,7 +431,7 @@ class CostParams:
 # (read gate+up, write out). Documented estimate; the calibration bounds its effect.
 ACT_PASSES_HIDDEN = 12.0
 ACT_PASSES_INTERMEDIATE = 3.0
-ATTENTION_FRACTION_OF_MATMUL = 0.4427  # flash-attention FLOP/s relative to large GEMMs
+ATTENTION_FRACTION_OF_MATMUL = 0.4643  # flash-attention FLOP/s relative to large GEMMs
 
 
 def cost_params(plan: ReplicaPlan) -> CostParams:
