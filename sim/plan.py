@@ -431,6 +431,7 @@ class CostParams:
 # (read gate+up, write out). Documented estimate; the calibration bounds its effect.
 ACT_PASSES_HIDDEN = 12.0
 ACT_PASSES_INTERMEDIATE = 3.0
+ACT_PASSES_MOE_COMBINE = 2.0  # per routed expert output: written, then read by the combine
 ATTENTION_FRACTION_OF_MATMUL = 0.4643  # flash-attention FLOP/s relative to large GEMMs
 
 
@@ -459,6 +460,17 @@ def cost_params(plan: ReplicaPlan) -> CostParams:
     pair = m.attention_flops_per_pair_per_layer / tp
     inter = m.moe_intermediate_size * m.experts_per_token if m.is_moe else m.intermediate_size
     act = m.num_layers * (ACT_PASSES_HIDDEN * m.hidden_size + ACT_PASSES_INTERMEDIATE * inter / tp)
+    # MoE combine: each token's k expert outputs (hidden wide, partial sums on every expert-TP
+    # rank) are written by the down projection and read back by the weighted sum; an EP
+    # rank sees k·T/ep of them (times dp: the act term below is per attention-DP group)
+    act += (
+        ACT_PASSES_MOE_COMBINE
+        * m.num_moe_layers
+        * m.experts_per_token
+        * m.hidden_size
+        * dp
+        / plan.ep
+    )
     num_experts = m.num_experts if m.is_moe else 0
     per_expert = p.routed_experts * expert_layout_factor(plan) / num_experts if num_experts else 0.0
     ar_bw = 0.0

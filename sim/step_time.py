@@ -15,7 +15,7 @@ and its grouped GEMM computes rows(m) = min(max(16, 1.5·m), m + pad) rows: the 
 a token tile to fit m (`expert_gemm_rows`). `layer_floor` (per GPU profile) is GPU time a
 layer costs whatever the batch; overlap scheduling cannot hide it.
     attention     max(F_pair·pairs / R_attn,  KV_tok·(read + T) / BW)
-    other passes  A_tok·T / BW                                  norms, rotary, activation
+    other passes  A_tok·T / BW                    norms, rotary, activation, MoE combine
     all-reduce    n_ar·(latency + T·h·2 / BW_ar)
     all-to-all    n_a2a·(latency + T·a2a_tok / BW_a2a)              EP with attention DP
 

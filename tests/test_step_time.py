@@ -110,6 +110,19 @@ def test_moe_expert_term_by_hand() -> None:
     assert one == pytest.approx(128 * (1 - (15 / 16) ** 64) * per_expert * 2 / BW, rel=1e-9)
 
 
+def test_moe_combine_traffic_by_hand() -> None:
+    """Qwen3-30B-A3B: 48 MoE layers, hidden 2048, 8 experts of intermediate 768 per token."""
+    c = cost_params(plan("Qwen3-30B-A3B"))
+    # norms, residuals, rotary (12 hidden passes); gated activation over 8 x 768 (3 passes);
+    # the combine writes and reads each token's 8 expert outputs of 2048 (2 passes), bf16
+    per_layer = 12 * 2048 + 3 * 8 * 768 + 2 * 8 * 2048
+    assert c.act_bytes_per_token == 48 * per_layer * 2
+    # with 4 EP ranks each GPU sees a quarter of the expert outputs
+    ep4 = cost_params(dataclasses.replace(plan("Qwen3-30B-A3B", tp=4), ep=4))
+    per_layer_ep4 = 12 * 2048 + 3 * 8 * 768 / 4 + 2 * 8 * 2048 / 4
+    assert ep4.act_bytes_per_token == pytest.approx(48 * per_layer_ep4 * 2, rel=1e-12)
+
+
 def test_layer_floor_adds_per_layer_gpu_time() -> None:
     c = cost_params(plan())
     assert c.floor_s == pytest.approx(L * FLOOR, rel=1e-12)

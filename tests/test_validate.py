@@ -471,16 +471,20 @@ def test_set_applies_to_every_row_and_only_filters_rows(
     path = write_csv(tmp_path / "c4.csv", rows)
     plain = by_id(validate_file(path, MAX_REQUESTS, only="ttft_mean"))
     assert list(plain) == ["lat_gps_qwen3-8b_h100tp1_vllm0110_sharegpt_c4__ttft_mean_ms"]
-    # a 0.5 s front end (request_overhead_s) adds 0.5 s to every request's TTFT
+    # a front end 0.5 s slower than the preset's (request_overhead_s) adds 0.5 s to TTFT
+    preset = dict(validate._preset("vllm"))["request_overhead_s"]
     slow = by_id(
         validate_file(
-            path, MAX_REQUESTS, engine_set=(("request_overhead_s", 0.55),), only="ttft_mean"
+            path,
+            MAX_REQUESTS,
+            engine_set=(("request_overhead_s", preset + 0.5),),
+            only="ttft_mean",
         )
     )
     (key,) = plain
     before, after = plain[key].predicted, slow[key].predicted
     assert before is not None and after is not None
-    assert after - before == pytest.approx(500.0, abs=1.0)  # the preset's is 49.8 ms
+    assert after - before == pytest.approx(500.0, abs=1.0)
     with pytest.raises(SystemExit) as exit_:  # argparse: usage and the message, status 2
         validate.main([str(path), "--only", "ttft_mean", "--set", "engine.nope=1"])
     assert exit_.value.code == 2
