@@ -83,6 +83,11 @@ def hbm_knob(gpu: str, hw: str, high: float) -> Knob:
     )
 
 
+def all_gpus_knob(key: str, low: float, high: float) -> Knob:
+    """An efficiency constant every GPU profile shares (fitted on all rows)."""
+    return Knob(key, ("gpus", "*", "efficiency", key), low, high, EVERY_ROW)
+
+
 def engine_knob(engine: str, key: str, low: float, high: float) -> Knob:
     engines = {engine} | ({"other", ""} if engine == "vllm" else set())
     return Knob(
@@ -102,27 +107,9 @@ KNOBS = [
     hbm_knob("B200", "b200", 0.919),
     hbm_knob("A100-SXM-80GB", "a100", 0.834),
     Knob("attention_fraction", ("global", "ATTENTION_FRACTION_OF_MATMUL"), 0.4, 0.8, EVERY_ROW),
-    Knob(
-        "gemm_pad_tokens",
-        ("gpus", "*", "efficiency", "gemm_pad_tokens"),
-        8,
-        512,
-        EVERY_ROW,
-    ),
-    Knob(
-        "layer_floor_us",
-        ("gpus", "*", "efficiency", "layer_floor_us"),
-        1,
-        60,
-        EVERY_ROW,
-    ),
-    Knob(
-        "allreduce_latency_us",
-        ("gpus", "*", "efficiency", "allreduce_latency_us"),
-        5,
-        45,
-        EVERY_ROW,
-    ),
+    all_gpus_knob("gemm_pad_tokens", 8, 512),
+    all_gpus_knob("layer_floor_us", 1, 60),
+    all_gpus_knob("allreduce_latency_us", 5, 45),
     *[
         engine_knob(e, k, lo, hi)
         for e in ("vllm", "sglang", "trtllm")

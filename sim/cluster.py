@@ -62,13 +62,10 @@ from sim.techniques import apply_techniques
 
 def engine_spec(cfg: EngineConfig) -> EngineSpec:
     spec = EngineSpec(**dataclasses.asdict(cfg))  # the same fields, frozen
-    if spec.kv_memory_basis not in ("total", "free"):
-        raise PlanError(f"engine.kv_memory_basis={spec.kv_memory_basis!r}: use total or free")
-    if spec.mxfp4_moe_layout not in MXFP4_MOE_LAYOUTS:
-        raise PlanError(
-            f"engine.mxfp4_moe_layout={spec.mxfp4_moe_layout!r}: use "
-            + " or ".join(MXFP4_MOE_LAYOUTS)
-        )
+    choices = {"kv_memory_basis": ("total", "free"), "mxfp4_moe_layout": MXFP4_MOE_LAYOUTS}
+    for key, allowed in choices.items():
+        if getattr(spec, key) not in allowed:
+            raise PlanError(f"engine.{key}={getattr(spec, key)!r}: use {' or '.join(allowed)}")
     checks = {
         "max_num_batched_tokens": spec.max_num_batched_tokens >= 1,
         "max_num_seqs": spec.max_num_seqs >= 1,

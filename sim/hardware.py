@@ -383,6 +383,7 @@ class _Doc:
         return self.data[key]
 
     def number(self, key: str, default: float | None = None, positive: bool = True) -> float:
+        """A number > 0, or >= 0 with positive=False."""
         value = self.data.get(key) if default is not None else self._required(key, "number")
         if value is None:
             assert default is not None
@@ -393,6 +394,8 @@ class _Doc:
             )
         if positive and not value > 0:
             raise self.error(key, f"must be > 0, got {value!r}", "give a positive value")
+        if not value >= 0:
+            raise self.error(key, f"must be >= 0, got {value!r}", "give 0 or a positive value")
         return float(value)
 
     def integer(self, key: str, default: int | None = None, minimum: int = 1) -> int:
@@ -563,19 +566,13 @@ def _efficiency_from_doc(doc: _Doc, rate_keys: tuple[str, ...]) -> Efficiency:
             f"{bw_frac} times the link peak is implausible",
             "give a fraction (NVLS may reach slightly above 1)",
         )
-    costs = {
-        k: doc.number(k, default=0.0, positive=False) for k in ("gemm_pad_tokens", "layer_floor_us")
-    }
-    for key, value in costs.items():
-        if value < 0:
-            raise doc.error(key, f"must be >= 0, got {value:g}", "give 0 or a positive value")
     return Efficiency(
         matmul_frac=matmul_frac,
         hbm_frac=hbm_frac,
         allreduce_latency_s=doc.number("allreduce_latency_us") * 1e-6,
         allreduce_bw_frac=bw_frac,
-        gemm_pad_tokens=costs["gemm_pad_tokens"],
-        layer_floor_s=costs["layer_floor_us"] * 1e-6,
+        gemm_pad_tokens=doc.number("gemm_pad_tokens", default=0.0, positive=False),
+        layer_floor_s=doc.number("layer_floor_us", default=0.0, positive=False) * 1e-6,
     )
 
 
