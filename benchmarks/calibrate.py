@@ -106,7 +106,7 @@ KNOBS = [
     hbm_knob("H100-SXM", "h100", 0.8865),
     hbm_knob("B200", "b200", 0.919),
     hbm_knob("A100-SXM-80GB", "a100", 0.834),
-    Knob("attention_fraction", ("global", "ATTENTION_FRACTION_OF_MATMUL"), 0.4, 0.8, EVERY_ROW),
+    Knob("attention_fraction", ("global", "ATTENTION_FRACTION_OF_MATMUL"), 0.4, 1.2, EVERY_ROW),
     all_gpus_knob("gemm_pad_tokens", 8, 512),
     all_gpus_knob("layer_floor_us", 1, 60),
     all_gpus_knob("allreduce_latency_us", 5, 45),

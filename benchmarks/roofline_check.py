@@ -34,7 +34,13 @@ from pathlib import Path
 import numpy as np
 
 from sim.hardware import GPUSpec, ProfileError, load_gpu, load_model
-from sim.plan import CostParams, EngineSpec, ReplicaPlan, cost_params
+from sim.plan import (
+    ATTENTION_PAD_PAIRS_PER_TOKEN,
+    CostParams,
+    EngineSpec,
+    ReplicaPlan,
+    cost_params,
+)
 from sim.step_time import Roofline, StepShape
 
 STEP_MODEL = "Llama-3.1-8B"  # the whole-forward rows of gpu_microbench.py
@@ -140,6 +146,7 @@ def predict(gpu: GPUSpec, rec: dict[str, str]) -> float | None:
             attn_flops_per_pair=4.0 * model.head_dim * q_heads,
             kv_bytes_per_token=4.0 * kv_heads * model.head_dim,
             attn_rate_flops_per_s=gpu.achievable_flops_per_s("bf16") * _attention_fraction(),
+            attn_pad_pairs_per_token=ATTENTION_PAD_PAIRS_PER_TOKEN,
             hbm_bytes_per_s=bw,
         )
         batch, context = _int(rec["batch"]), _int(rec["context"])
@@ -214,7 +221,8 @@ class KernelFigures:
     gemm_best_frac: dict[str, float]  # the fastest GEMM, over peak
     read_frac: float  # fastest streaming read (sum, or an M=1 GEMM over >= 256 MB), over peak
     copy_frac: float  # fastest device-to-device copy (read + write), over peak
-    attention_over_gemm: float  # longest causal prefill's FLOP/s over the bf16 GEMM median
+    attention_pad_pairs: float  # fitted per-query-token cost of causal prefill (fit_attention)
+    attention_over_gemm: float  # its fitted FLOP/s beyond that cost, over the bf16 GEMM median
     launch_us: float  # shortest kernel inside a CUDA graph
 
 
@@ -237,9 +245,7 @@ def kernel_figures(gpu: GPUSpec, rows: Iterable[Row]) -> KernelFigures:
     read_frac = max(r.bytes / r.measured_s for r in streams) / peak_bw
     copies = [r for r in rows if r.kind == "copy"]
     copy_frac = max(r.bytes / r.measured_s for r in copies) / peak_bw
-    prefill = [r for r in rows if r.kind == "attn_prefill"]
-    longest = max(r.context for r in prefill)
-    attn_rate = statistics.median(rate(r) for r in prefill if r.context == longest)
+    attn_pad, attn_rate, _ = fit_attention(rows)
     launches = [r.measured_s for r in rows if r.kind == "launch"]
     launch = min(launches) if launches else math.nan
     gemm_rate_bf16 = gemm_frac.get("bf16", math.nan) * gpu.peak_flops_per_s["bf16"]
@@ -248,9 +254,32 @@ def kernel_figures(gpu: GPUSpec, rows: Iterable[Row]) -> KernelFigures:
         gemm_best_frac=best,
         read_frac=read_frac,
         copy_frac=copy_frac,
+        attention_pad_pairs=attn_pad,
         attention_over_gemm=attn_rate / gemm_rate_bf16,
         launch_us=launch * 1e6,
     )
+
+
+def fit_attention(rows: Iterable[Row]) -> tuple[float, float, float]:
+    """(pad pairs per query token, FLOP/s, mean |log error|) of causal prefill attention.
+
+    Form: t = F_pair·(pairs + pad·T) / R over the `attn_prefill` rows (T = S tokens,
+    pairs = S(S + 1)/2). Grid search of pad from 0 to 3000 in steps of 1; for each pad, R is
+    the geometric mean that zeroes the mean log error; loss is the mean absolute log error.
+    """
+    prefill = [r for r in rows if r.kind == "attn_prefill"]
+    tokens = np.array([float(r.context) for r in prefill])
+    pairs = tokens * (tokens + 1) / 2
+    per_pair = np.array([r.flop for r in prefill]) / pairs
+    measured = np.log(np.array([r.measured_s for r in prefill]))
+    best = (math.inf, 0.0, 0.0)
+    for pad in np.arange(0.0, 3001.0, 1.0):
+        work = np.log(per_pair * (pairs + pad * tokens))
+        log_rate = float(np.mean(work - measured))
+        loss = float(np.mean(np.abs(work - log_rate - measured)))
+        if loss < best[0]:
+            best = (loss, float(pad), math.exp(log_rate))
+    return best[1], best[2], best[0]
 
 
 def fit_gemm(rows: Iterable[Row], gpu: GPUSpec, dtype: str) -> tuple[float, float, float]:
@@ -331,8 +360,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  streaming read: best {fig.read_frac:.3f}; profile hbm_frac {eff.hbm_frac:.4f}")
     print(f"  device-to-device copy: best {fig.copy_frac:.3f}")
     print(
-        f"  causal prefill attention over bf16 GEMM rate: {fig.attention_over_gemm:.3f}; "
-        f"servesim {_attention_fraction():.4f}"
+        f"  causal prefill attention: {fig.attention_pad_pairs:.0f} pairs per query token, then "
+        f"{fig.attention_over_gemm:.3f} of the bf16 GEMM rate; servesim "
+        f"{ATTENTION_PAD_PAIRS_PER_TOKEN:.0f}, {_attention_fraction():.4f}"
     )
     print(
         f"  shortest kernel in a CUDA graph: {fig.launch_us:.2f} us; "

@@ -415,6 +415,7 @@ class CostParams:
     expert_rate_flops_per_s: float = 0.0  # routed-expert GEMMs (0 = gemm_rate_flops_per_s)
     expert_load_factor: float = 1.0  # busiest EP rank's expert work over the mean (1 + skew)
     gemm_pad_tokens: float = 0.0  # GEMM-shape cost: M tokens compute as M + this (per GEMM)
+    attn_pad_pairs_per_token: float = 0.0  # attention's per-query-token cost, in pairs
     floor_s: float = 0.0  # per-step GPU time no batch shape removes: layers x layer floor
     alltoall_count: float = 0.0  # EP dispatch + combine per stage and step (2 per MoE layer)
     alltoall_bytes_per_token: float = 0.0  # per collective, per token of the step, per GPU
@@ -432,7 +433,12 @@ class CostParams:
 ACT_PASSES_HIDDEN = 12.0
 ACT_PASSES_INTERMEDIATE = 3.0
 ACT_PASSES_MOE_COMBINE = 2.0  # per routed expert output: written, then read by the combine
-ATTENTION_FRACTION_OF_MATMUL = 0.4643  # flash-attention FLOP/s relative to large GEMMs
+ATTENTION_FRACTION_OF_MATMUL = 0.6036  # flash-attention FLOP/s relative to large GEMMs
+# Flash attention's fixed work per query token (tile set-up, softmax rescaling, the
+# epilogue), in pairs of attention: a token attending to x keys costs x + this. Measured:
+# causal prefills of 1k-16k tokens fit pairs + 884 per token on an H100 and + 927 on an
+# H200, each within 11 % (hardware_profiles/measured/, benchmarks/roofline_check.py).
+ATTENTION_PAD_PAIRS_PER_TOKEN = 905.0
 
 
 def cost_params(plan: ReplicaPlan) -> CostParams:
@@ -502,6 +508,7 @@ def cost_params(plan: ReplicaPlan) -> CostParams:
         expert_rate_flops_per_s=expert_rate,
         expert_load_factor=1.0 + plan.ep_skew if plan.ep > 1 else 1.0,
         gemm_pad_tokens=gpu.efficiency.gemm_pad_tokens,
+        attn_pad_pairs_per_token=ATTENTION_PAD_PAIRS_PER_TOKEN,
         floor_s=plan.stage_layers * eff.layer_floor_s,
     )
     return _with_pipeline(plan, _with_alltoall(plan, ab, params))

@@ -221,7 +221,10 @@ class Roofline:
         """Attention compute vs KV traffic; scalars or same-shape arrays (pairs, read, ...)."""
         p = self.p
         mx = np.maximum if isinstance(pairs, np.ndarray) else max
-        flops = p.attn_flops_per_pair * pairs + p.attn_flops_per_pair_window * pairs_w
+        pad = p.attn_pad_pairs_per_token * num_tokens  # each query token's fixed work
+        flops = p.attn_flops_per_pair * (pairs + pad) + p.attn_flops_per_pair_window * (
+            pairs_w + pad
+        )
         kv = p.kv_bytes_per_token * (read + num_tokens)
         kv = kv + p.kv_bytes_per_token_window * (read_w + num_tokens)
         t = mx(flops / p.attn_rate_flops_per_s, kv / p.hbm_bytes_per_s)
@@ -248,12 +251,14 @@ class Roofline:
         fpp, rate = p.attn_flops_per_pair, p.attn_rate_flops_per_s
         kvb, bw = p.kv_bytes_per_token, p.hbm_bytes_per_s
         t, v, c = num_tokens, verify, pairs_extra
+        pad = p.attn_pad_pairs_per_token * num_tokens
         if p.pp_stages > 1:
             b = self.bubble(num_tokens)
             return [
-                fixed_s + max(fpp * (v * x + c) / rate, kvb * (x + t) / bw) * b for x in contexts
+                fixed_s + max(fpp * (v * x + c + pad) / rate, kvb * (x + t) / bw) * b
+                for x in contexts
             ]
-        return [fixed_s + max(fpp * (v * x + c) / rate, kvb * (x + t) / bw) for x in contexts]
+        return [fixed_s + max(fpp * (v * x + c + pad) / rate, kvb * (x + t) / bw) for x in contexts]
 
     def step_seconds(self, shape: StepShape) -> float:
         return self.token_seconds(shape.num_tokens, shape.num_samples) + self.attention_seconds(

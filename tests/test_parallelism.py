@@ -83,7 +83,9 @@ def test_pipeline_decode_step_by_hand() -> None:
     send = LATENCY + x * H * 2 / NVLINK  # 4 GPUs: one NVLink domain
     tokens_s = 4 * (gemm + lm_head + act + 8 * FLOOR + send)  # a stage runs 8 layers
     pairs, read = 2 * 1001, 2 * 1000
-    attn = max(4 * 32 * 128 * L * s * pairs / (RATE * 0.4643), 131072 * s * (read + 2) / BW)
+    # attention: 905 pairs of fixed work per query token, at 60.36 % of the GEMM rate
+    flops = 4 * 32 * 128 * L * s * (pairs + 905.0 * 2)
+    attn = max(flops / (RATE * 0.6036), 131072 * s * (read + 2) / BW)
     expected = tokens_s + attn * 4 / 2  # bubble: 4 stages, 2 microbatches
     assert model.token_seconds(2, 2) == pytest.approx(tokens_s, rel=1e-12)
     assert model.step_seconds(StepShape(2, 2, pairs, read)) == pytest.approx(expected, rel=1e-12)
