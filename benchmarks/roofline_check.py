@@ -260,6 +260,35 @@ def kernel_figures(gpu: GPUSpec, rows: Iterable[Row]) -> KernelFigures:
     )
 
 
+SUSTAINED_TAIL_S = 5.0  # a sustained phase's rate: the median of its last 5 seconds
+
+
+def sustained_fractions(path: Path, gpu: GPUSpec | None = None) -> tuple[GPUSpec, dict[str, float]]:
+    """Fractions of the datasheet a card held at the end of each gpu_sustained.py phase.
+
+    Keys: 'bf16' and 'fp8' (GEMM FLOP/s over the dtype's peak) and 'hbm' (streaming read over
+    peak HBM bandwidth), each the median sample of the phase's last SUSTAINED_TAIL_S seconds.
+    """
+    with path.open(newline="") as f:
+        records = list(csv.DictReader(f))
+    if not records:
+        raise SystemExit(f"error: {path} holds no samples")
+    gpu = gpu or gpu_for_card(records[0]["card"])
+    out = {}
+    for phase, key in (("gemm_bf16", "bf16"), ("gemm_fp8", "fp8"), ("read", "hbm")):
+        samples = [r for r in records if r["phase"] == phase]
+        if not samples:
+            continue
+        end = max(float(r["t_s"]) for r in samples)
+        tail = [float(r["rate"]) for r in samples if float(r["t_s"]) >= end - SUSTAINED_TAIL_S]
+        rate = statistics.median(tail)
+        if key == "hbm":
+            out[key] = rate * 1e9 / gpu.hbm_bw_bytes_per_s
+        else:
+            out[key] = rate * 1e12 / gpu.peak_flops_per_s[key]
+    return gpu, out
+
+
 def fit_attention(rows: Iterable[Row]) -> tuple[float, float, float]:
     """(pad pairs per query token, FLOP/s, mean |log error|) of causal prefill attention.
 
@@ -336,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpu", default="", help="GPU profile (default: from the card name)")
     parser.add_argument("--out", type=Path, help="write every row with its prediction here")
     parser.add_argument("--fit", action="store_true", help="fit kernel-level GEMM constants")
+    parser.add_argument(
+        "--sustained", type=Path, help="also a gpu_sustained.py table of the same card"
+    )
     args = parser.parse_args(argv)
     if not args.table.is_file():
         print(f"error: {args.table} is not a file; pass a table from gpu_microbench.py")
@@ -368,6 +400,12 @@ def main(argv: list[str] | None = None) -> int:
         f"  shortest kernel in a CUDA graph: {fig.launch_us:.2f} us; "
         f"profile layer_floor {eff.layer_floor_s * 1e6:.2f} us per layer"
     )
+    if args.sustained:
+        _, held = sustained_fractions(args.sustained, gpu)
+        print(f"\nheld at the end of each sustained phase ({args.sustained.name})")
+        for key, frac in held.items():
+            profile = eff.hbm_frac if key == "hbm" else eff.matmul_frac[key]
+            print(f"  {key}: {frac:.3f} of the datasheet; profile {profile:.4f}")
     if args.fit:
         print("\nkernel-level fit of max(2·N·K·(M + pad) / R, W / BW) to the GEMMs alone")
         for dtype in fig.gemm_frac:

@@ -20,7 +20,9 @@ from sim.plan import ATTENTION_FRACTION_OF_MATMUL, ATTENTION_PAD_PAIRS_PER_TOKEN
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "roofline_check.py"
-MEASURED = sorted((ROOT / "hardware_profiles" / "measured").glob("*.csv"))
+TABLES = sorted((ROOT / "hardware_profiles" / "measured").glob("*.csv"))
+MEASURED = [p for p in TABLES if "_sustained_" not in p.name]  # gpu_microbench.py
+SUSTAINED = [p for p in TABLES if "_sustained_" in p.name]  # gpu_sustained.py
 
 
 def roofline_check() -> ModuleType:
@@ -35,6 +37,33 @@ def roofline_check() -> ModuleType:
 def test_measured_tables_are_shipped_for_the_h100_and_h200() -> None:
     names = {p.name for p in MEASURED}
     assert {"H100-SXM_2026-11-27.csv", "H200_2026-11-27.csv"} <= names
+    assert {p.name.replace("_sustained", "") for p in SUSTAINED} == names
+
+
+@pytest.mark.parametrize("table", SUSTAINED, ids=[p.stem for p in SUSTAINED])
+def test_matmul_constants_do_not_exceed_the_sustained_gemm_rate(table: Path) -> None:
+    """Serving keeps the card busy: the GEMM rate it holds after 35-40 s bounds matmul_frac."""
+    rc = roofline_check()
+    gpu, held = rc.sustained_fractions(table)
+    for dtype in ("bf16", "fp8"):
+        assert gpu.efficiency.matmul_frac[dtype] <= held[dtype], (dtype, held[dtype])
+
+
+def test_sustained_fractions_by_hand(tmp_path: Path) -> None:
+    rc = roofline_check()
+    table = tmp_path / "s.csv"
+    rows = ["card,date,phase,t_s,rate,unit,sm_mhz,mem_mhz,power_w,temp_c,throttle"]
+    # bf16: 700 until t = 4, then 600, 620, 640 in the last five seconds (t >= 5 of 10)
+    for t, rate in ((0, 700), (4, 700), (5, 600), (7.5, 640), (10, 620)):
+        rows.append(f"NVIDIA H100 80GB HBM3,d,gemm_bf16,{t},{rate},TFLOP/s,,,,,")
+    rows.append("NVIDIA H100 80GB HBM3,d,read,0,3000,GB/s,,,,,")
+    table.write_text("\n".join(rows) + "\n")
+    gpu, held = rc.sustained_fractions(table)
+    assert gpu.name == "H100-SXM"
+    assert held == {
+        "bf16": pytest.approx(620e12 / 989.4e12),
+        "hbm": pytest.approx(3.0e12 / 3.35e12),
+    }
 
 
 def test_cards_map_to_profiles_by_their_cuda_names() -> None:
