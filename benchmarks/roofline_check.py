@@ -224,6 +224,8 @@ class KernelFigures:
     attention_pad_pairs: float  # fitted per-query-token cost of causal prefill (fit_attention)
     attention_over_gemm: float  # its fitted FLOP/s beyond that cost, over the bf16 GEMM median
     launch_us: float  # shortest kernel inside a CUDA graph
+    gemv_fixed_us: float  # bf16 M = 1 GEMMs: fixed latency of each (fit_gemv)
+    gemv_read_frac: float  # ... and the fraction of peak HBM their weights stream at
 
 
 def kernel_figures(gpu: GPUSpec, rows: Iterable[Row]) -> KernelFigures:
@@ -246,6 +248,7 @@ def kernel_figures(gpu: GPUSpec, rows: Iterable[Row]) -> KernelFigures:
     copies = [r for r in rows if r.kind == "copy"]
     copy_frac = max(r.bytes / r.measured_s for r in copies) / peak_bw
     attn_pad, attn_rate, _ = fit_attention(rows)
+    gemv_fixed, gemv_frac = fit_gemv(rows, peak_bw)
     launches = [r.measured_s for r in rows if r.kind == "launch"]
     launch = min(launches) if launches else math.nan
     gemm_rate_bf16 = gemm_frac.get("bf16", math.nan) * gpu.peak_flops_per_s["bf16"]
@@ -254,6 +257,8 @@ def kernel_figures(gpu: GPUSpec, rows: Iterable[Row]) -> KernelFigures:
         gemm_best_frac=best,
         read_frac=read_frac,
         copy_frac=copy_frac,
+        gemv_fixed_us=gemv_fixed * 1e6,
+        gemv_read_frac=gemv_frac,
         attention_pad_pairs=attn_pad,
         attention_over_gemm=attn_rate / gemm_rate_bf16,
         launch_us=launch * 1e6,
@@ -287,6 +292,21 @@ def sustained_fractions(path: Path, gpu: GPUSpec | None = None) -> tuple[GPUSpec
         else:
             out[key] = rate * 1e12 / gpu.peak_flops_per_s[key]
     return gpu, out
+
+
+def fit_gemv(rows: Iterable[Row], peak_bytes_per_s: float) -> tuple[float, float]:
+    """(fixed seconds, fraction of peak HBM) of t = fixed + W / (fraction · peak) over the
+    bf16 M = 1 GEMMs, least squares on relative error: each GEMM's fixed latency (launch
+    ramp, tail, the last wave) beside its weight stream, the kernel-level view of the
+    profiles' layer floor and HBM fraction."""
+    gemv = [r for r in rows if r.kind == "gemm" and r.m == 1 and r.dtype == "bf16"]
+    if len({r.bytes for r in gemv}) < 2:  # two unknowns need two weight sizes
+        return math.nan, math.nan
+    weights = np.array([r.bytes for r in gemv])
+    t = np.array([r.measured_s for r in gemv])
+    design = np.vstack([np.ones_like(weights), weights]).T / t[:, None]
+    (fixed, per_byte), *_ = np.linalg.lstsq(design, np.ones_like(t), rcond=None)
+    return float(fixed), float(1.0 / per_byte / peak_bytes_per_s)
 
 
 def fit_attention(rows: Iterable[Row]) -> tuple[float, float, float]:
@@ -395,6 +415,10 @@ def main(argv: list[str] | None = None) -> int:
         f"  causal prefill attention: {fig.attention_pad_pairs:.0f} pairs per query token, then "
         f"{fig.attention_over_gemm:.3f} of the bf16 GEMM rate; servesim "
         f"{ATTENTION_PAD_PAIRS_PER_TOKEN:.0f}, {_attention_fraction():.4f}"
+    )
+    print(
+        f"  bf16 M = 1 GEMMs: {fig.gemv_fixed_us:.2f} us each + weights at "
+        f"{fig.gemv_read_frac:.3f} of peak HBM"
     )
     print(
         f"  shortest kernel in a CUDA graph: {fig.launch_us:.2f} us; "

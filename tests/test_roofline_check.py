@@ -226,6 +226,19 @@ def test_kernel_figures_by_hand() -> None:
     assert fig.launch_us == pytest.approx(1.5)
 
 
+def test_gemv_fit_recovers_fixed_latency_and_stream_rate() -> None:
+    rc = roofline_check()
+    rows = []
+    for nbytes in (8e6, 33e6, 50e6, 235e6, 470e6, 2.1e9):
+        t = 4e-6 + nbytes / (0.85 * 3.35e12)  # 4 us per kernel, weights at 85 % of 3.35 TB/s
+        rows.append(rc.Row("gemm", "", 1, "", "bf16", 1, 0, 0, 1, 0, 0.0, nbytes, t, t))
+    rows.append(rc.Row("gemm", "", 1, "", "fp8", 1, 0, 0, 1, 0, 0.0, 1e9, 1.0, 1.0))  # not bf16
+    fixed, frac = rc.fit_gemv(rows, 3.35e12)
+    assert fixed == pytest.approx(4e-6, rel=1e-9)
+    assert frac == pytest.approx(0.85, rel=1e-9)
+    assert all(math.isnan(v) for v in rc.fit_gemv(rows[:1], 3.35e12))
+
+
 def test_gemm_fit_recovers_the_constants_that_made_the_data() -> None:
     rc = roofline_check()
     gpu = load_gpu("H100-SXM")
