@@ -26,6 +26,10 @@ What is measured, and how:
 - `attn_decode`: one new token per sequence against a KV cache of `context` tokens, grouped
   query heads folded into the query length (exact for one query token).
 - `launch`: one tiny kernel, repeated inside a CUDA graph: the minimum kernel duration.
+- `sampling`: choosing the next token from fp32 logits over the vocabulary, greedy
+  (argmax) and top-p (vLLM's torch-native path: sort, softmax, cumsum, mask, scatter,
+  softmax, exponential race), for 1 to 256 sequences (added after the 2026-11-27 tables;
+  `--only sampling` runs it alone).
 - `decode_step` / `prefill_step`: a whole unfused PyTorch Llama-3.1-8B forward (RMSNorm,
   QKV, attention over a KV cache, O, SwiGLU MLP, LM head; rotary omitted) captured in one
   CUDA graph, at bf16 with random weights. It is an upper bound on an engine's GPU time:
@@ -400,6 +404,35 @@ def _launch_gemm(b: Bench) -> None:
              _min_s=tmin, note=note)  # fmt: skip
 
 
+def _sampling(b: Bench, batch: int, vocab: int, top_p: bool) -> None:
+    logits = b.randn(batch, vocab, dtype=torch.float32)
+
+    def greedy() -> None:
+        torch.argmax(logits, dim=-1)
+
+    def nucleus() -> None:  # the torch-native top-p path of vLLM's sampler
+        scaled = logits / 0.7
+        sorted_logits, index = scaled.sort(dim=-1, descending=False)
+        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        sorted_logits.masked_fill_(cum <= 1 - 0.9, -float("inf"))
+        probs = scaled.scatter(-1, index, sorted_logits).softmax(dim=-1)
+        q = torch.empty_like(probs).exponential_()
+        probs.div_(q).argmax(dim=-1)
+
+    t, tmin, note = b.time(nucleus if top_p else greedy, 1)
+    b.record(kind="sampling", op="top_p" if top_p else "greedy", dtype="fp32", m=batch, n=vocab,
+             batch=batch, bytes=4 * batch * vocab, _t_s=t, _min_s=tmin, note=note)  # fmt: skip
+
+
+def bench_sampling(b: Bench) -> None:
+    """Per-step sampling over the vocabulary (logits in fp32): argmax, and top-p."""
+    for vocab in [1024] if b.args.smoke else [128256, 151936, 201088]:
+        for batch in [2] if b.args.smoke else [1, 8, 32, 128, 256]:
+            for top_p in (False, True):
+                b.guarded(f"sampling b={batch} v={vocab} top_p={top_p}", _sampling, batch=batch,
+                          vocab=vocab, top_p=top_p)  # fmt: skip
+
+
 def bench_launch(b: Bench) -> None:
     b.guarded("launch elementwise", _launch_elementwise)
     b.guarded("launch gemm", _launch_gemm)
@@ -596,6 +629,7 @@ def main(argv: list[str] | None = None) -> int:
         "launch": bench_launch,
         "model_steps": bench_model_steps,
         "grouped": bench_grouped,
+        "sampling": bench_sampling,
     }
     chosen = [s for s in args.only.split(",") if s] or list(sections)
     unknown = sorted(set(chosen) - set(sections))

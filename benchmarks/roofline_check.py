@@ -44,6 +44,7 @@ from sim.plan import (
 from sim.step_time import Roofline, StepShape
 
 STEP_MODEL = "Llama-3.1-8B"  # the whole-forward rows of gpu_microbench.py
+NEEDED_KINDS = frozenset({"gemm", "read", "copy", "attn_prefill"})  # what kernel_figures reads
 TOKEN_RANGES = [(1, 16), (17, 256), (257, 2048), (2049, 10**9)]  # GEMM rows grouped by M
 LARGE_GEMM_TOKENS = 1024  # GEMMs this tall are compute-bound on every card we measure
 LARGE_WEIGHT_BYTES = 256 * 2**20  # M=1 GEMMs this large stream weights at full bandwidth
@@ -393,6 +394,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.table} is not a file; pass a table from gpu_microbench.py")
         return 2
     gpu, rows = load(args.table, load_gpu(args.gpu) if args.gpu else None)
+    missing = sorted(NEEDED_KINDS - {r.kind for r in rows})
+    if missing:
+        print(
+            f"error: {args.table} has no {', '.join(missing)} rows; roofline_check needs a full "
+            "gpu_microbench.py run (an --only run, such as sampling, cannot be compared)"
+        )
+        return 2
     eff = gpu.efficiency
     predicted = sum(not math.isnan(r.predicted_s) for r in rows)
     print(f"{args.table.name}: {len(rows)} kernels ({predicted} predicted) on profile {gpu.name}")

@@ -21,7 +21,7 @@ from sim.plan import ATTENTION_FRACTION_OF_MATMUL, ATTENTION_PAD_PAIRS_PER_TOKEN
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "roofline_check.py"
 TABLES = sorted((ROOT / "hardware_profiles" / "measured").glob("*.csv"))
-MEASURED = [p for p in TABLES if "_sustained_" not in p.name]  # gpu_microbench.py
+MEASURED = [p for p in TABLES if p.stem.count("_") == 1]  # GPU_DATE: gpu_microbench.py
 SUSTAINED = [p for p in TABLES if "_sustained_" in p.name]  # gpu_sustained.py
 
 
@@ -64,6 +64,15 @@ def test_sustained_fractions_by_hand(tmp_path: Path) -> None:
         "bf16": pytest.approx(620e12 / 989.4e12),
         "hbm": pytest.approx(3.0e12 / 3.35e12),
     }
+
+
+def test_a_partial_table_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    rc = roofline_check()
+    table = ROOT / "hardware_profiles" / "measured" / "H100-SXM_sampling_2026-11-27.csv"
+    assert rc.main([str(table)]) == 2
+    out = capsys.readouterr().out
+    assert "has no attn_prefill, copy, gemm, read rows" in out
+    assert "needs a full gpu_microbench.py run" in out
 
 
 def test_cards_map_to_profiles_by_their_cuda_names() -> None:
