@@ -44,6 +44,7 @@ from sim.hardware import GPUSpec, ModelSpec, load_gpu, load_model
 from sim.link import Link, Network
 from sim.plan import (
     MXFP4_MOE_LAYOUTS,
+    SAMPLING_MODES,
     EngineSpec,
     PlanError,
     ReplicaPlan,
@@ -62,7 +63,11 @@ from sim.techniques import apply_techniques
 
 def engine_spec(cfg: EngineConfig) -> EngineSpec:
     spec = EngineSpec(**dataclasses.asdict(cfg))  # the same fields, frozen
-    choices = {"kv_memory_basis": ("total", "free"), "mxfp4_moe_layout": MXFP4_MOE_LAYOUTS}
+    choices = {
+        "kv_memory_basis": ("total", "free"),
+        "mxfp4_moe_layout": MXFP4_MOE_LAYOUTS,
+        "sampling": SAMPLING_MODES,
+    }
     for key, allowed in choices.items():
         if getattr(spec, key) not in allowed:
             raise PlanError(f"engine.{key}={getattr(spec, key)!r}: use {' or '.join(allowed)}")

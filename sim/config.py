@@ -74,6 +74,7 @@ class EngineConfig:
     batch_wait_steps: int = 0  # TRT-LLM batch_wait_timeout_iters (0: off), see EngineSpec
     batch_wait_tokens_ratio: float = 0.0  # TRT-LLM batch_wait_max_tokens_ratio
     mxfp4_moe_layout: str = "checkpoint"  # checkpoint | vllm: MXFP4 expert padding, see EngineSpec
+    sampling: str = "greedy"  # greedy | top_p_torch: GPU cost of choosing tokens, see EngineSpec
 
 
 @dataclass

@@ -96,6 +96,10 @@ class EngineSpec:
     # how the MoE kernels lay out MXFP4 expert weights. checkpoint: as stored; vllm: padded
     # as vLLM's Mxfp4MoEMethod.create_weights does (`expert_layout_factor`)
     mxfp4_moe_layout: str = "checkpoint"
+    # how the engine picks each sequence's next token. greedy: argmax (the benchmarks'
+    # temperature 0; microseconds a step, left out). top_p_torch: top-p by sorting the logits
+    # in PyTorch (vLLM's torch-native sampler), SAMPLING_TOP_P_* per step (measured)
+    sampling: str = "greedy"
 
 
 @dataclass(frozen=True)
@@ -297,6 +301,7 @@ def window_blocks_per_seq(plan: ReplicaPlan, kv_tok_full: float) -> int:
 
 
 MXFP4_MOE_LAYOUTS = ("checkpoint", "vllm")
+SAMPLING_MODES = ("greedy", "top_p_torch")
 
 
 def round_up(value: float, multiple: int) -> float:
@@ -417,6 +422,8 @@ class CostParams:
     gemm_pad_tokens: float = 0.0  # GEMM-shape cost: M tokens compute as M + this (per GEMM)
     attn_pad_pairs_per_token: float = 0.0  # attention's per-query-token cost, in pairs
     floor_s: float = 0.0  # per-step GPU time no batch shape removes: layers x layer floor
+    sampling_fixed_s: float = 0.0  # choosing tokens: per step with any sample (engine.sampling)
+    sampling_s_per_sample: float = 0.0  # ... plus this per sequence sampled
     alltoall_count: float = 0.0  # EP dispatch + combine per stage and step (2 per MoE layer)
     alltoall_bytes_per_token: float = 0.0  # per collective, per token of the step, per GPU
     alltoall_latency_s: float = 0.0
@@ -439,6 +446,12 @@ ATTENTION_FRACTION_OF_MATMUL = 0.6036  # flash-attention FLOP/s relative to larg
 # causal prefills of 1k-16k tokens fit pairs + 884 per token on an H100 and + 927 on an
 # H200, each within 11 % (hardware_profiles/measured/, benchmarks/roofline_check.py).
 ATTENTION_PAD_PAIRS_PER_TOKEN = 905.0
+# Top-p sampling through PyTorch (sort, softmax, cumsum, mask, scatter, softmax, exponential
+# race over fp32 logits): a step costs FIXED + PER_LOGIT x sequences x vocabulary. Measured on
+# an H100 for 1-256 sequences over 128k-201k vocabularies, within -30 % / +15 % of every row
+# (hardware_profiles/measured/H100-SXM_sampling_2026-11-27.csv); used for every GPU.
+SAMPLING_TOP_P_FIXED_S = 205e-6
+SAMPLING_TOP_P_S_PER_LOGIT = 0.158e-9
 
 
 def cost_params(plan: ReplicaPlan) -> CostParams:
@@ -511,6 +524,12 @@ def cost_params(plan: ReplicaPlan) -> CostParams:
         attn_pad_pairs_per_token=ATTENTION_PAD_PAIRS_PER_TOKEN,
         floor_s=plan.stage_layers * eff.layer_floor_s,
     )
+    if plan.engine.sampling == "top_p_torch":
+        params = dataclasses.replace(
+            params,
+            sampling_fixed_s=SAMPLING_TOP_P_FIXED_S,
+            sampling_s_per_sample=SAMPLING_TOP_P_S_PER_LOGIT * m.vocab_size,
+        )
     return _with_pipeline(plan, _with_alltoall(plan, ab, params))
 
 
@@ -636,7 +655,8 @@ def draft_cost_params(plan: ReplicaPlan) -> CostParams | None:
 
     method=draft: the draft model on the same GPUs (same TP and formats); eagle/mtp: a head
     of `head_layers` target decoder layers plus the LM head. Draft attention is left out
-    (small against weight reads at draft sizes); a draft step has no extra fixed overhead.
+    (small against weight reads at draft sizes); a draft step has no extra fixed overhead,
+    and its tokens are picked greedily (no sampling cost).
     """
     spec = plan.speculation
     if spec is None or spec.method == "ngram":
@@ -662,4 +682,5 @@ def draft_cost_params(plan: ReplicaPlan) -> CostParams | None:
             allreduce_count=round(params.allreduce_count * f),
             floor_s=params.floor_s * f,
         )
-    return params
+    # drafts are proposed greedily (argmax): no sampling cost whatever engine.sampling says
+    return dataclasses.replace(params, sampling_fixed_s=0.0, sampling_s_per_sample=0.0)

@@ -154,12 +154,15 @@ class Roofline:
     def token_seconds(self, num_tokens: int, num_samples: int) -> float:
         """Every term that depends on T and S only (all but attention)."""
         p = self.p
+        sampling = (
+            p.sampling_fixed_s + p.sampling_s_per_sample * num_samples if num_samples else 0.0
+        )
         if p.pp_stages == 1:
-            return self.stage_seconds(num_tokens, num_samples)
+            return self.stage_seconds(num_tokens, num_samples) + sampling
         m = self.microbatches(num_tokens)
         x = num_tokens / m
         send = p.pp_send_latency_s + x * p.pp_send_bytes_per_token / p.pp_send_bytes_per_s
-        return p.pp_stages * (self.stage_seconds(x, num_samples / m) + send)
+        return p.pp_stages * (self.stage_seconds(x, num_samples / m) + send) + sampling
 
     def microbatches(self, num_tokens: int) -> int:
         """Microbatches in flight for a step of T tokens: min(pp, T) (at least 1)."""

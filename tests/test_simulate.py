@@ -158,6 +158,11 @@ def test_offline_trace_arrives_at_time_zero() -> None:
             PlanError,
             "engine.mxfp4_moe_layout='marlin': use checkpoint or vllm",
         ),
+        (
+            {"engine": EngineConfig(sampling="top_k")},
+            PlanError,
+            "engine.sampling='top_k': use greedy or top_p_torch",
+        ),
         ({"workload": WorkloadConfig(kind="trace", trace="nope.csv")}, Exception, "nope.csv"),
         ({"workload": WorkloadConfig(kind="replay")}, ValueError, "workload.kind='replay'"),
     ],

@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from sim.plan import cost_params, memory_plan
+from sim.plan import Speculation, cost_params, draft_cost_params, memory_plan
 from sim.step_time import Roofline, StepShape, expert_gemm_rows
 from tests.factories import plan
 
@@ -161,3 +161,26 @@ def test_kv_blocks_from_memory_left_after_weights() -> None:
     kv_free = (81559 * 2**20 - weights - workspace) * 0.9
     assert free.num_blocks == int(kv_free // (131072 * 16))
     assert free.num_blocks > mem.num_blocks
+
+
+def test_top_p_sampling_cost_by_hand() -> None:
+    """engine.sampling=top_p_torch: 205 us + 0.158 ns per logit a step (measured on an H100,
+    hardware_profiles/measured/H100-SXM_sampling_2026-11-27.csv); greedy adds nothing."""
+    greedy = Roofline(cost_params(plan()))
+    top_p = Roofline(cost_params(plan(sampling="top_p_torch")))
+    for samples in (1, 64, 256):
+        extra = top_p.token_seconds(samples, samples) - greedy.token_seconds(samples, samples)
+        assert extra == pytest.approx(205e-6 + 0.158e-9 * V * samples, rel=1e-9)
+    assert extra * 1e3 == pytest.approx(5.39, abs=0.01)  # 256 sequences over 128,256 tokens
+    # a prefill chunk that samples nothing pays nothing
+    assert top_p.token_seconds(2048, 0) == greedy.token_seconds(2048, 0)
+    # with pipeline stages, once per step (the last stage samples)
+    pp_greedy = Roofline(cost_params(dataclasses.replace(plan(), pp=4)))
+    pp_top_p = Roofline(cost_params(dataclasses.replace(plan(sampling="top_p_torch"), pp=4)))
+    extra = pp_top_p.token_seconds(8, 8) - pp_greedy.token_seconds(8, 8)
+    assert extra == pytest.approx(205e-6 + 0.158e-9 * V * 8, rel=1e-9)
+    # drafts are proposed greedily: an EAGLE head pays no sampling cost
+    spec = Speculation("eagle", 3, (0.7, 0.6, 0.5), sampled=False)
+    draft = draft_cost_params(dataclasses.replace(plan(sampling="top_p_torch"), speculation=spec))
+    assert draft is not None
+    assert (draft.sampling_fixed_s, draft.sampling_s_per_sample) == (0.0, 0.0)
