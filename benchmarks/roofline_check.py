@@ -35,13 +35,14 @@ import numpy as np
 
 from sim.hardware import GPUSpec, ProfileError, load_gpu, load_model
 from sim.plan import (
+    ATTENTION_FRACTION_OF_MATMUL,
     ATTENTION_PAD_PAIRS_PER_TOKEN,
     CostParams,
     EngineSpec,
     ReplicaPlan,
     cost_params,
 )
-from sim.step_time import Roofline, StepShape
+from sim.step_time import Roofline, StepShape, expert_gemm_rows
 
 STEP_MODEL = "Llama-3.1-8B"  # the whole-forward rows of gpu_microbench.py
 NEEDED_KINDS = frozenset({"gemm", "read", "copy", "attn_prefill"})  # what kernel_figures reads
@@ -116,20 +117,11 @@ def predict(gpu: GPUSpec, rec: dict[str, str]) -> float | None:
         experts = _int(rec["batch"]) if kind == "grouped_gemm" else 1
         rate = gpu.achievable_flops_per_s(rate_key)
         pad = gpu.efficiency.gemm_pad_tokens
-        if kind == "grouped_gemm":  # the MoE expert term: E touched experts, m tokens each
-            roof = _kernel(
-                expert_flops_per_token=2.0 * n * k,
-                expert_bytes=n * k * width,
-                num_experts=experts,
-                experts_per_token=1,
-                expert_rate_flops_per_s=rate,
-                gemm_rate_flops_per_s=rate,
-                hbm_bytes_per_s=bw,
-                gemm_pad_tokens=pad,
-            )
-            # T tokens with k = 1 of E experts touch E·(1 − (1 − 1/E)^T) experts; the
-            # benchmark runs exactly E experts with m rows each, so ask for the term directly
-            return _expert_seconds(roof, experts, m)
+        if kind == "grouped_gemm":
+            # the step model's MoE expert term for exactly E experts with m tokens each (it
+            # counts the experts T routed tokens touch in expectation; the benchmark runs E)
+            rows = expert_gemm_rows(m, pad)
+            return max(2.0 * n * k * experts * rows / rate, experts * (n * k * width) / bw)
         roof = _kernel(
             gemm_flops_per_token=2.0 * n * k,
             gemm_weight_bytes=n * k * width,
@@ -146,7 +138,7 @@ def predict(gpu: GPUSpec, rec: dict[str, str]) -> float | None:
         roof = _kernel(
             attn_flops_per_pair=4.0 * model.head_dim * q_heads,
             kv_bytes_per_token=4.0 * kv_heads * model.head_dim,
-            attn_rate_flops_per_s=gpu.achievable_flops_per_s("bf16") * _attention_fraction(),
+            attn_rate_flops_per_s=gpu.achievable_flops_per_s("bf16") * ATTENTION_FRACTION_OF_MATMUL,
             attn_pad_pairs_per_token=ATTENTION_PAD_PAIRS_PER_TOKEN,
             hbm_bytes_per_s=bw,
         )
@@ -164,22 +156,6 @@ def predict(gpu: GPUSpec, rec: dict[str, str]) -> float | None:
             shape = StepShape(m, 1, m * (m + 1) // 2, 0)
         return roof.step_seconds(shape)
     return None
-
-
-def _attention_fraction() -> float:
-    from sim.plan import ATTENTION_FRACTION_OF_MATMUL
-
-    return ATTENTION_FRACTION_OF_MATMUL
-
-
-def _expert_seconds(roof: Roofline, experts: int, m: int) -> float:
-    """The MoE expert term for exactly `experts` experts with m tokens each."""
-    from sim.step_time import expert_gemm_rows
-
-    p = roof.p
-    rows = expert_gemm_rows(m, p.gemm_pad_tokens)
-    compute = p.expert_flops_per_token * experts * rows / p.expert_rate_flops_per_s
-    return max(compute, experts * p.expert_bytes / p.hbm_bytes_per_s)
 
 
 def load(path: Path, gpu: GPUSpec | None = None) -> tuple[GPUSpec, list[Row]]:
@@ -422,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"  causal prefill attention: {fig.attention_pad_pairs:.0f} pairs per query token, then "
         f"{fig.attention_over_gemm:.3f} of the bf16 GEMM rate; servesim "
-        f"{ATTENTION_PAD_PAIRS_PER_TOKEN:.0f}, {_attention_fraction():.4f}"
+        f"{ATTENTION_PAD_PAIRS_PER_TOKEN:.0f}, {ATTENTION_FRACTION_OF_MATMUL:.4f}"
     )
     print(
         f"  bf16 M = 1 GEMMs: {fig.gemv_fixed_us:.2f} us each + weights at "

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import sys
 from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
 
 import simpy
 
@@ -90,3 +94,14 @@ def small_config(**overrides: object) -> Config:
         write_plots=False,
     )
     return dataclasses.replace(cfg, **overrides)  # type: ignore[arg-type]
+
+
+def load_script(name: str) -> ModuleType:
+    """A script of benchmarks/ (not a package) imported as a module, for its functions."""
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_script", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses of the script look their module up here
+    spec.loader.exec_module(module)
+    return module

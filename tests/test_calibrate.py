@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 
 from sim.validate import Row
-
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "calibrate.py"
+from tests.factories import load_script
 
 
 def calibrate() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("calibrate_script", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("calibrate")
 
 
 def test_loss_is_the_mean_absolute_log_error_clipped_at_60_percent() -> None:

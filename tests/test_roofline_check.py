@@ -7,9 +7,7 @@ fitted efficiency above what the card achieved alone is not physical.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import math
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -17,21 +15,16 @@ import pytest
 
 from sim.hardware import load_gpu
 from sim.plan import ATTENTION_FRACTION_OF_MATMUL, ATTENTION_PAD_PAIRS_PER_TOKEN
+from tests.factories import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "benchmarks" / "roofline_check.py"
 TABLES = sorted((ROOT / "hardware_profiles" / "measured").glob("*.csv"))
 MEASURED = [p for p in TABLES if p.stem.count("_") == 1]  # GPU_DATE: gpu_microbench.py
 SUSTAINED = [p for p in TABLES if "_sustained_" in p.name]  # gpu_sustained.py
 
 
 def roofline_check() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("roofline_check_script", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("roofline_check")
 
 
 def test_measured_tables_are_shipped_for_the_h100_and_h200() -> None:
