@@ -7,24 +7,26 @@ A step's GPU time is the sum of its kernel classes, each bound by compute or mem
     MoE experts   max(2·P_expert·E_touched·rows(m) / R_gemm,  E_touched(T)·W_expert / BW)
     LM head       max(2·h·V·(S + pad) / R_gemm,  h·V·b / BW)    S = sequences sampled
     floor         layers·layer_floor                            kernel minimum durations
-    attention     max(F_pair·pairs / R_attn,  KV_tok·(read + T) / BW)
+    attention     max(F_pair·(pairs + apad·T) / R_attn,  KV_tok·(read + T) / BW)
     other passes  A_tok·T / BW                    norms, rotary, activation, MoE combine
     all-reduce    n_ar·(latency + T·h·2 / BW_ar)
     all-to-all    n_a2a·(latency + T·a2a_tok / BW_a2a)              EP with attention DP
+    sampling      fixed + per_sample·S (S > 0)             engine.sampling (0 when greedy)
 
 `pad` (gemm_pad_tokens, per GPU profile) is the GEMM-shape cost: a GEMM over M tokens
 costs as much compute as M + pad would at the large-GEMM rate (tile padding, fixed kernel
 cost), so small-M GEMMs run below the peak. A touched expert sees m = k·T / E_touched tokens
 and its grouped GEMM computes rows(m) = min(max(16, 1.5·m), m + pad) rows: the kernels pick
 a token tile to fit m (`expert_gemm_rows`). `layer_floor` (per GPU profile) is GPU time a
-layer costs whatever the batch; overlap scheduling cannot hide it.
+layer costs whatever the batch; overlap scheduling cannot hide it. `apad` (measured,
+`sim.plan.ATTENTION_PAD_PAIRS_PER_TOKEN`) is attention's fixed work per query token.
 
 All constants are one GPU's share of one pipeline stage (`sim.plan.cost_params`). With EP
 the busiest rank sets the pace: the expert term sees T·(1 + skew) tokens. With pp stages
 the engine keeps m = min(pp, T) microbatches in flight and a step lasts the pipeline's
 steady-state interval (sim/plan.py explains the model):
 
-    step = pp·(stage(T/m, S/m) + send(T/m)) + attention·pp/m,
+    step = pp·(stage(T/m, S/m) + send(T/m)) + sampling + attention·pp/m,
     send(x) = latency + x·h·2 / BW_link,     bubble factor pp/m (1 when the pipe is full)
 
 T = tokens in the step; `pairs` = Σ over scheduled tokens of the context they attend to;
