@@ -9,6 +9,7 @@ dispatch before Hydra parses the command line.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -85,7 +86,19 @@ def main(cfg: DictConfig) -> None:
 
 
 def cli() -> None:
-    """Console-script entry: sub-commands first, else a Hydra run."""
+    """Console-script entry: sub-commands first, else a Hydra run.
+
+    A reader that stops early (`servesim validate FILE | head`) ends the run quietly, as
+    Unix tools do, instead of with a traceback about the closed pipe.
+    """
+    try:
+        _dispatch()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
+        raise SystemExit(1) from None
+
+
+def _dispatch() -> None:
     if sys.argv[1:2] == ["validate"]:
         from sim.validate import main as validate_main
 

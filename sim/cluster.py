@@ -82,6 +82,7 @@ def engine_spec(cfg: EngineConfig) -> EngineSpec:
         "request_overhead_s": spec.request_overhead_s >= 0,
         "batch_wait_steps": spec.batch_wait_steps >= 0,
         "batch_wait_tokens_ratio": 0 <= spec.batch_wait_tokens_ratio <= 1,
+        "num_scheduler_steps": spec.num_scheduler_steps >= 1,
     }
     for key, ok in checks.items():
         if not ok:

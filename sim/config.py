@@ -75,6 +75,7 @@ class EngineConfig:
     batch_wait_tokens_ratio: float = 0.0  # TRT-LLM batch_wait_max_tokens_ratio
     mxfp4_moe_layout: str = "checkpoint"  # checkpoint | vllm: MXFP4 expert padding, see EngineSpec
     sampling: str = "greedy"  # greedy | top_p_torch: GPU cost of choosing tokens, see EngineSpec
+    num_scheduler_steps: int = 1  # vLLM v0 multi-step: decode steps per scheduling, see EngineSpec
 
 
 @dataclass

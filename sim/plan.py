@@ -100,6 +100,10 @@ class EngineSpec:
     # temperature 0; microseconds a step, left out). top_p_torch: top-p by sorting the logits
     # in PyTorch (vLLM's torch-native sampler), SAMPLING_TOP_P_* per step (measured)
     sampling: str = "greedy"
+    # vLLM v0's multi-step scheduling (--num-scheduler-steps, 0.5.5-0.7): the scheduler runs
+    # once per block of this many decode steps, so the CPU cost of a decode step is paid once
+    # a block and a new request is admitted only when a block ends (1: every step)
+    num_scheduler_steps: int = 1
 
 
 @dataclass(frozen=True)

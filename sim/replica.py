@@ -98,6 +98,7 @@ class Replica:
         self.overhead = EngineOverhead.of(plan.engine)
         self.draft_model = draft_model  # speculative drafting cost (None: free or none)
         self._draft_s: dict[int, float] = {}
+        self._block_cpu_s = 0.0  # multi-step: CPU seconds of each decode step of the block
         self.max_stretch_steps = max(1, max_stretch_steps)
         self.on_finish = on_finish
         self.prefill_only = prefill_only
@@ -278,6 +279,10 @@ class Replica:
             if self.draft_model is not None and plan.num_decode_seqs:
                 fixed_s += self._drafting_s(plan.num_decode_seqs)
             cpu_s = self.overhead.cpu_seconds(plan.num_seqs + plan.num_waiting)
+            if sched.block_opened:  # multi-step: the block's CPU, paid once, set now
+                self._block_cpu_s = cpu_s / sched.block_steps
+            if plan.pure_decode and sched.block_steps > 1:
+                cpu_s = self._block_cpu_s
             if plan.pure_decode and self.max_stretch_steps > 1:
                 yield from self._stretch(plan, fixed_s, cpu_s)
                 continue
@@ -304,7 +309,10 @@ class Replica:
         durations, ends = self._timeline(stretch, fixed_s, cpu_s)
         steps = stretch.num_steps
         # with a CPU cost per request in flight, any arrival changes the next step's time
-        self._interruptible = steps > 1 and (sched.interruptible() or self.overhead.inflight_s > 0)
+        # (not within a multi-step block: its CPU cost was set when it was scheduled)
+        self._interruptible = steps > 1 and (
+            sched.interruptible() or (self.overhead.inflight_s > 0 and sched.block_steps == 1)
+        )
         self._cut_for_ready = (  # (only a decode replica of a disaggregated pair receives)
             self.on_reserve is not None
             and steps > 1

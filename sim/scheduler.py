@@ -181,6 +181,10 @@ class Scheduler:
         self.batch_waiting = engine.batch_wait_steps > 0 and engine.batch_wait_tokens_ratio > 0
         self.wait_count = 0
         self.holding = False
+        # multi-step scheduling: decode steps left in the current block (admission waits for 0)
+        self.block_steps = engine.num_scheduler_steps
+        self.block_left = 0
+        self.block_opened = False  # did the last schedule() open a block
 
     # -- counters the router reads ---------------------------------------------------------
     @property
@@ -435,8 +439,12 @@ class Scheduler:
             preempted += 1
         kv.allocate(need_blocks)
         admitted = 0
-        if not preempted and self.waiting and not self.holding:
+        in_block = self.block_left > 0 and self.n_dec > 0
+        if not preempted and self.waiting and not self.holding and not in_block:
             admitted = self._admit_waiting(budget, now, chunks)
+        self.block_opened = self.block_steps > 1 and self.n_dec > 0 and not in_block
+        if self.block_opened:
+            self.block_left = self.block_steps  # this step opens a block of decode steps
         return self._plan(chunks, preempted, admitted)
 
     def _hold_prompts(self) -> bool:
@@ -567,6 +575,8 @@ class Scheduler:
         """
         if self.holding:  # an arrival may fill the batch that held prompts wait for
             return True
+        if self.block_steps > 1:  # admission waits for the block's end, where stretches stop
+            return False
         return not self.waiting and len(self.running) < self.engine.max_num_seqs
 
     def next_finish_step(self) -> int:
@@ -587,6 +597,8 @@ class Scheduler:
         steps = max(1, min(self.next_finish_step() - self.g, max_steps))
         if self.holding:  # held prompts start at the step whose count reaches the limit
             steps = min(steps, self.engine.batch_wait_steps - self.wait_count + 1)
+        if self.block_left:  # a multi-step block ends where the scheduler runs again
+            steps = min(steps, self.block_left)
         stretch = Stretch(
             steps,
             n,
@@ -651,6 +663,8 @@ class Scheduler:
             self.emitted + self.r_dec if steps == 1 else self.emitted + self.r_dec * steps
         )
         self.g += steps
+        if self.block_left:
+            self.block_left = max(self.block_left - steps, 0)
         finished: list[Request] = []
         while 0 <= self.next_finish_step() <= self.g:
             end, _, r = heapq.heappop(self.ends)

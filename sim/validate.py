@@ -64,7 +64,10 @@ Mapping of a row onto a `Config` (every choice here, nothing per row):
   the model's torch dtype).
 - **Engine.** trtllm / vllm / sglang load `experiments/engine/<name>.yaml`; `other`, blank or
   an unknown name load the vllm preset (said in the printed line). The vllm preset then takes
-  vLLM's own GPU-class batch defaults (`vllm_batch_defaults`). Nothing else is tuned per row.
+  vLLM's own GPU-class batch defaults (`vllm_batch_defaults`). A server flag the row's notes
+  state is honoured where the engine model has it (`STATED_FLAGS`: vLLM v0's
+  `--num-scheduler-steps N`, multi-step scheduling, becomes engine.num_scheduler_steps=N,
+  said in the printed line). Nothing else is tuned per row.
 - **Layout.** tp blank: num_gpus / (pp.dp); num_gpus blank: tp.pp.dp. pp and ep go to
   `ClusterConfig.pp` / `.ep` (a row needing a field the config lacks is skipped). dp > 1 with
   ep > 1 (experts spread over the dp ranks, ep = tp.dp) is attention data parallelism inside one
@@ -471,6 +474,27 @@ def vllm_batch_defaults(gpu: GPUSpec) -> tuple[int, int]:
     return (8192, 1024) if big else (2048, 256)
 
 
+# server flags a row's notes may state, as engine fields: (pattern, field, engines it applies to)
+STATED_FLAGS = (
+    (
+        re.compile(r"num[-_]scheduler[-_]steps[\s=]+(\d+)", re.IGNORECASE),
+        "num_scheduler_steps",
+        ("vllm",),
+    ),
+)
+
+
+def stated_flags(row: Row, engine: str) -> tuple[tuple[str, Any], ...]:
+    """Engine fields set by server flags the row's notes state (`STATED_FLAGS`)."""
+    notes = row.text("notes")
+    found = []
+    for pattern, key, engines in STATED_FLAGS:
+        match = pattern.search(notes)
+        if match and engine in engines:
+            found.append((key, int(match.group(1))))
+    return tuple(found)
+
+
 def engine_of(row: Row, gpu: GPUSpec) -> tuple[str, tuple[int, int] | None, str]:
     name = row.key("engine")
     note = ""
@@ -607,7 +631,9 @@ def setup_of(
             raise Unexpressible(f"mode trace needs the trace file {text!r} (looked for {path})")
     common, notes = cluster_of(row)
     common["traffic"] = traffic
-    common["engine_set"] = engine_set
+    stated = stated_flags(row, common["engine"])
+    notes += [f"notes state engine.{k}={v}" for k, v in stated]
+    common["engine_set"] = stated + engine_set  # (a --set of the same field wins)
     if traffic == "single_batch":
         batch_size, context = row.count("batch_size"), row.num("input_len")
         if batch_size is None or context is None:

@@ -221,6 +221,58 @@ def test_batch_waiting_holds_prompts_back_while_others_decode(
     assert replica.kv.num_free == replica.kv.num_blocks
 
 
+@pytest.mark.parametrize(("block_steps", "b_first_token_at"), [(1, 0.03), (4, 0.06)])
+def test_multi_step_blocks_admit_only_when_a_block_ends(
+    block_steps: int, b_first_token_at: float
+) -> None:
+    # vLLM v0 --num-scheduler-steps; 10 ms steps. A prefills alone at 0-0.01, then its
+    # decode steps run in blocks: 0.01-0.05 is one block of 4. B arrives at 0.015: with
+    # blocks of 4 it waits for 0.05 and prefills at 0.05-0.06; every step it would start at
+    # 0.02 (the plain engine: first token at 0.03)
+    p = plan(max_num_batched_tokens=100, max_num_seqs=8, num_scheduler_steps=block_steps)
+    a = Request(0, 0.0, input_tokens=20, output_tokens=10)
+    b = Request(1, 0.015, input_tokens=10, output_tokens=2)
+    replica = run_requests(p, LinearStepModel(0.01), [a, b])
+    assert b.first_scheduled_at == pytest.approx(b_first_token_at - 0.01)
+    assert b.first_token_at == pytest.approx(b_first_token_at)
+    assert a.finished_at == pytest.approx(0.10)  # A's decode steps never wait
+    assert replica.kv.num_free == replica.kv.num_blocks
+
+
+def test_multi_step_pays_the_cpu_cost_once_a_block() -> None:
+    # 10 ms of GPU and 4 ms of CPU a step (not overlapped); blocks of 4 decode steps pay the
+    # CPU once: a decode step lasts 10 + 4/4 = 11 ms, the prefill step 14 ms
+    p = plan(num_scheduler_steps=4, step_overhead_s=0.004)
+    r = Request(0, 0.0, input_tokens=20, output_tokens=9)
+    run_requests(p, LinearStepModel(0.01), [r])
+    assert r.first_token_at == pytest.approx(0.014)
+    assert r.finished_at == pytest.approx(0.014 + 8 * 0.011)
+
+
+def test_stretches_equal_stepping_with_multi_step_blocks() -> None:
+    from sim.config import EngineConfig
+    from sim.simulate import simulate
+    from tests.factories import small_config
+
+    engine = EngineConfig(num_scheduler_steps=10, step_overhead_s=0.002, inflight_overhead_s=1e-5)
+    plain = simulate(
+        small_config(
+            engine=EngineConfig(step_overhead_s=0.002, inflight_overhead_s=1e-5), fast_forward=True
+        )
+    )
+    a = simulate(small_config(engine=engine, fast_forward=True))
+    b = simulate(small_config(engine=engine, fast_forward=False))
+    pd.testing.assert_frame_equal(a.requests, b.requests, check_exact=True)
+    pd.testing.assert_frame_equal(a.steps, b.steps, check_exact=True)
+    # arrivals wait for a block's end: later first tokens; decode steps pay a tenth of the CPU
+    ttft = a.requests["first_token_at"] - a.requests["arrival_at"]
+    plain_ttft = plain.requests["first_token_at"] - plain.requests["arrival_at"]
+    assert ttft.mean() > plain_ttft.mean()
+    pure = a.steps[(a.steps["num_prefill_tokens"] == 0)]
+    plain_pure = plain.steps[(plain.steps["num_prefill_tokens"] == 0)]
+    assert pure["duration_s"].median() < plain_pure["duration_s"].median()
+
+
 def test_stretches_equal_stepping_with_batch_waiting() -> None:
     from sim.config import EngineConfig
     from sim.simulate import simulate

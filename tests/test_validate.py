@@ -464,6 +464,16 @@ def test_engine_settings_parse_typed_or_fail_with_the_fix() -> None:
         parse("engine.overlap_scheduling=yes")
 
 
+def test_server_flags_stated_in_the_notes_set_engine_fields() -> None:
+    notes = "vLLM v0.6.0 with num-scheduler-steps 10; serve: `... --num-scheduler-steps 10`"
+    assert validate.stated_flags(row(notes=notes), "vllm") == (("num_scheduler_steps", 10),)
+    assert validate.stated_flags(row(notes="--num_scheduler_steps=8"), "vllm") == (
+        ("num_scheduler_steps", 8),
+    )
+    assert validate.stated_flags(row(notes=notes), "sglang") == ()  # a vLLM flag only
+    assert validate.stated_flags(row(notes="vLLM 0.6.0"), "vllm") == ()
+
+
 def test_set_applies_to_every_row_and_only_filters_rows(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
