@@ -54,6 +54,11 @@ Mapping of a row onto a `Config` (every choice here, nothing per row):
   U[R.L0, L0]; newer vllm draws
   U[L0(1-R), L0(1+R)], the same mean with a wider spread). Any other dataset name: fixed at
   the row's means when both are given (said in the printed line), else the row is skipped.
+- **Names.** model and hardware match a profile's name or alias (case-insensitive); failing
+  that, the model without its organisation and checkpoint-format suffixes
+  (`nvidia/Llama-3.3-70B-Instruct-FP8` -> `llama-3.3-70b-instruct`) and the hardware with
+  spaces as hyphens and no vendor prefix (`NVIDIA H100 SXM` -> `h100-sxm`), said in the
+  printed line (`profile_names`). The dtype columns, not the suffix, set the precision.
 - **Precision.** weight_dtype, activation_dtype and kv_dtype become
   `technique={"quantization": {...}}`. Blank weights: the checkpoint's format. A weight format
   equal to the model's expert format on a mixed checkpoint (gpt-oss: MXFP4 experts, BF16
@@ -368,16 +373,51 @@ def speculative_technique(row: Row) -> dict[str, Any]:
     )
 
 
-def _profile(row: Row, column: str, loader: Callable[[str], Any]) -> Any:
+# a checkpoint's format suffix ("-fp8", "-instruct-awq", "-gptq-int4", ...) names a
+# quantized copy of the same architecture; the row's dtype columns say the precision
+FORMAT_SUFFIX = re.compile(
+    r"[-_.](fp8([-_]dynamic)?|fp4|nvfp4|mxfp4|awq|gptq([-_]int[48])?|int[48]|w4a16|w8a8|"
+    r"w4a4|bf16|fp16|quantized[-_.]w\d+a\d+)$"
+)
+VENDOR_PREFIX = re.compile(r"^(nvidia|amd)[\s_-]+")
+
+
+def profile_names(column: str, name: str) -> list[str]:
+    """The names a row's model or hardware may be looked up as, the written one first.
+
+    model: without an organisation prefix ("meta-llama/x" -> "x"), then without checkpoint
+    format suffixes ("llama-3.3-70b-instruct-fp8" -> "llama-3.3-70b-instruct").
+    hardware: spaces and underscores as hyphens, without a vendor prefix ("NVIDIA H100 SXM"
+    -> "h100-sxm").
+    """
+    names = [name]
+    if column == "model":
+        short = name.rsplit("/", 1)[-1]
+        names.append(short)
+        while (stripped := FORMAT_SUFFIX.sub("", short)) != short:
+            names.append(stripped)
+            short = stripped
+    else:
+        dashed = re.sub(r"[\s_]+", "-", name.strip())
+        names += [dashed, VENDOR_PREFIX.sub("", dashed)]
+    return list(dict.fromkeys(names))
+
+
+def _profile(row: Row, column: str, loader: Callable[[str], Any]) -> tuple[Any, str]:
+    """The profile a row names, and a note when it was found under another spelling."""
     name = row.key(column)
     if not name:
         raise Unexpressible(f"{column} is blank")
     if ";" in name:
         raise Unexpressible(f"several {column} values in one row ({name!r})")
-    try:
-        return loader(name)
-    except ValueError:
-        raise Unexpressible(f"unknown {column} {name!r} (none of our profiles)") from None
+    for candidate in profile_names(column, name):
+        try:
+            spec = loader(candidate)
+        except ValueError:
+            continue
+        note = "" if candidate == name else f"{column} {name!r} read as {spec.name}"
+        return spec, note
+    raise Unexpressible(f"unknown {column} {name!r} (none of our profiles)")
 
 
 @dataclass(frozen=True)
@@ -598,8 +638,8 @@ def cluster_of(row: Row) -> tuple[dict[str, Any], list[str]]:
     """Model, GPU, layout, engine and precision fields of the row's Setup, plus notes."""
     if row.key("metric") in HIT_METRICS and not row.key("model") and not row.key("hardware"):
         row = row.changed(model=HIT_RATIO_DEFAULT[0], hardware=HIT_RATIO_DEFAULT[1])
-    model: ModelSpec = _profile(row, "model", load_model)
-    gpu: GPUSpec = _profile(row, "hardware", load_gpu)
+    model, model_note = _profile(row, "model", load_model)
+    gpu, gpu_note = _profile(row, "hardware", load_gpu)
     layout = layout_of(row)
     name, batch, engine_note = engine_of(row, gpu)
     fields = {
@@ -612,7 +652,7 @@ def cluster_of(row: Row) -> tuple[dict[str, Any], list[str]]:
         "batch_defaults": batch,
         "quantization": precision_of(row, model, gpu),
     }
-    return fields, [n for n in (layout.note, engine_note) if n]
+    return fields, [n for n in (model_note, gpu_note, layout.note, engine_note) if n]
 
 
 def setup_of(

@@ -464,6 +464,31 @@ def test_engine_settings_parse_typed_or_fail_with_the_fix() -> None:
         parse("engine.overlap_scheduling=yes")
 
 
+def test_profile_names_read_other_spellings_and_say_so() -> None:
+    names = validate.profile_names
+    assert names("model", "nvidia/llama-3.3-70b-instruct-fp8") == [
+        "nvidia/llama-3.3-70b-instruct-fp8",
+        "llama-3.3-70b-instruct-fp8",
+        "llama-3.3-70b-instruct",
+    ]
+    assert names("model", "qwen2.5-72b-instruct-gptq-int4")[-1] == "qwen2.5-72b-instruct"
+    assert names("hardware", "nvidia h100 sxm") == [
+        "nvidia h100 sxm",
+        "nvidia-h100-sxm",
+        "h100-sxm",
+    ]
+    model, note = validate._profile(
+        row(model="nvidia/Llama-3.3-70B-Instruct-FP8"), "model", load_model
+    )
+    assert model.name == "Llama-3.1-70B"
+    assert note == "model 'nvidia/llama-3.3-70b-instruct-fp8' read as Llama-3.1-70B"
+    gpu, note = validate._profile(row(hardware="NVIDIA H100_SXM5"), "hardware", load_gpu)
+    assert gpu.name == "H100-SXM" and "read as H100-SXM" in note
+    assert validate._profile(row(hardware="h100"), "hardware", load_gpu)[1] == ""  # as written
+    with pytest.raises(validate.Unexpressible, match="unknown model 'llama-9-1b-fp8'"):
+        validate._profile(row(model="llama-9-1b-fp8"), "model", load_model)
+
+
 def test_server_flags_stated_in_the_notes_set_engine_fields() -> None:
     notes = "vLLM v0.6.0 with num-scheduler-steps 10; serve: `... --num-scheduler-steps 10`"
     assert validate.stated_flags(row(notes=notes), "vllm") == (("num_scheduler_steps", 10),)
