@@ -79,7 +79,7 @@ class EngineSpec:
     enable_chunked_prefill: bool = True
     max_model_len: int = 0  # 0 = the model's max_position_embeddings
     step_overhead_s: float = 0.0  # CPU per step: scheduling, launches not hidden by graphs
-    inflight_overhead_s: float = 0.0  # CPU per step per request in flight (running or waiting)
+    inflight_overhead_s: float = 0.0  # CPU per step per request in flight, see EngineOverhead
     overlap_scheduling: bool = False  # CPU work of step n+1 overlaps GPU work of step n
     request_overhead_s: float = 0.0  # arrival to engine queue: API server, tokenization
     runtime_reserve_bytes: float = 1.5e9  # CUDA context, NCCL buffers, CUDA graphs

@@ -35,9 +35,13 @@ uniformly: E·(1 − (1 − k/E)^T).
 
 The engine's CPU time (scheduling, sampling, output processing and streaming, launches not
 hidden by CUDA graphs) is `EngineOverhead`: fixed seconds a step plus seconds per request
-in flight (running or waiting: the serving front end and scheduler touch every open
-request each step), added to the GPU time, or overlapped with it (max) by engines that
-schedule step n+1 while step n runs.
+in flight, added to the GPU time, or overlapped with it (max) by engines that schedule step
+n+1 while step n runs. In flight counts the running requests and at most `max_num_seqs` of
+the waiting ones. The waiting share is a fitted proxy: runs of 1,000 requests sent at once
+(the offline rows of the latency file) step slower than their running batch explains. Real
+engines do not scan an ever longer queue each step (vLLM's scheduler stops at the first
+request it cannot admit; SGLang stops prefix-matching the queue beyond 128 waiting), so the
+count is capped and a benchmark's prompt count cannot slow every step without bound.
 
 `token_seconds` covers the terms that depend only on (T, S); `attention_seconds` the terms
 that grow with context. Both accept numpy arrays for attention inputs so a stretch of pure
@@ -71,7 +75,7 @@ class EngineOverhead(NamedTuple):
     """The engine's CPU work per step and whether it overlaps the GPU's (engine preset)."""
 
     step_s: float = 0.0  # fixed per step
-    inflight_s: float = 0.0  # per request in flight (running or waiting) per step
+    inflight_s: float = 0.0  # per request in flight (running, + waiting up to max_num_seqs)
     overlap: bool = False  # True: step = max(GPU, CPU); False: GPU + CPU
 
     def cpu_seconds(self, num_inflight: int) -> float:

@@ -221,6 +221,17 @@ def test_batch_waiting_holds_prompts_back_while_others_decode(
     assert replica.kv.num_free == replica.kv.num_blocks
 
 
+def test_cpu_cost_counts_running_and_at_most_max_num_seqs_waiting() -> None:
+    # 10 ms of GPU a step and 1 ms of CPU per request in flight; two sequences at most. Six
+    # one-token requests arrive together: each step runs two, and of the four (then two,
+    # then no) waiting only two count: steps of 10 + (2 + 2) = 14, 14, then 10 + 2 = 12 ms
+    p = plan(max_num_seqs=2, inflight_overhead_s=0.001)
+    reqs = [Request(i, 0.0, input_tokens=10, output_tokens=1) for i in range(6)]
+    run_requests(p, LinearStepModel(0.01), reqs)
+    done = [r.finished_at for r in reqs]
+    assert done == pytest.approx([0.014, 0.014, 0.028, 0.028, 0.040, 0.040])
+
+
 @pytest.mark.parametrize(("block_steps", "b_first_token_at"), [(1, 0.03), (4, 0.06)])
 def test_multi_step_blocks_admit_only_when_a_block_ends(
     block_steps: int, b_first_token_at: float
