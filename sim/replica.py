@@ -278,11 +278,7 @@ class Replica:
             fixed_s = model.token_seconds(shape.num_tokens, shape.num_samples)
             if self.draft_model is not None and plan.num_decode_seqs:
                 fixed_s += self._drafting_s(plan.num_decode_seqs)
-            # requests in flight: the running ones and at most max_num_seqs of those waiting
-            # (see EngineOverhead: the queue's cost does not grow without bound)
-            cpu_s = self.overhead.cpu_seconds(
-                plan.num_seqs + min(plan.num_waiting, sched.engine.max_num_seqs)
-            )
+            cpu_s = self.overhead.cpu_seconds(plan.num_seqs, plan.num_waiting)
             if sched.block_opened:  # multi-step: the block's CPU, paid once, set now
                 self._block_cpu_s = cpu_s / sched.block_steps
             if plan.pure_decode and sched.block_steps > 1:

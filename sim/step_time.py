@@ -75,22 +75,28 @@ class EngineOverhead(NamedTuple):
     """The engine's CPU work per step and whether it overlaps the GPU's (engine preset)."""
 
     step_s: float = 0.0  # fixed per step
-    inflight_s: float = 0.0  # per request in flight (running, + waiting up to max_num_seqs)
+    inflight_s: float = 0.0  # per request in flight per step (the running ones, + waiting)
     overlap: bool = False  # True: step = max(GPU, CPU); False: GPU + CPU
+    waiting_cap: int = 0  # waiting requests that count as in flight, at most (max_num_seqs)
 
-    def cpu_seconds(self, num_inflight: int) -> float:
-        return self.step_s + self.inflight_s * num_inflight
+    def cpu_seconds(self, num_running: int, num_waiting: int = 0) -> float:
+        return self.step_s + self.inflight_s * (num_running + min(num_waiting, self.waiting_cap))
 
     def step_seconds(self, gpu_s: float, cpu_s: float) -> float:
         return max(gpu_s, cpu_s) if self.overlap else gpu_s + cpu_s
 
     @classmethod
     def of(cls, engine: EngineSpec) -> EngineOverhead:
-        return cls(engine.step_overhead_s, engine.inflight_overhead_s, engine.overlap_scheduling)
+        return cls(
+            engine.step_overhead_s,
+            engine.inflight_overhead_s,
+            engine.overlap_scheduling,
+            engine.max_num_seqs,
+        )
 
-    def total_seconds(self, model: Roofline, shape: StepShape, num_inflight: int) -> float:
+    def total_seconds(self, model: Roofline, shape: StepShape, num_running: int) -> float:
         """One engine step: the GPU time of `shape` with the CPU time of its requests."""
-        return self.step_seconds(model.step_seconds(shape), self.cpu_seconds(num_inflight))
+        return self.step_seconds(model.step_seconds(shape), self.cpu_seconds(num_running))
 
 
 class StepTimeModel(Protocol):
