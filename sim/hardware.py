@@ -57,6 +57,9 @@ MODEL_TYPE_DEFAULTS: Mapping[str, Mapping[str, bool]] = {
     "qwen3_moe": {"qk_norm": True},
     "gpt_oss": {"attention_sinks": True, "expert_bias": True, "router_bias": True},
     "deepseek_v3": {"router_bias": True},  # e_score_correction_bias
+    "gemma3_text": {"qk_norm": True},
+    # GLM-4.5: q/k/v biased, o_proj not; e_score_correction_bias (qk_norm from use_qk_norm)
+    "glm4_moe": {"o_proj_bias": False, "router_bias": True},
 }
 LAYER_TYPES = ("full_attention", "sliding_attention")
 PROFILES_README = "hardware_profiles/README.md"
@@ -735,7 +738,7 @@ def _model_from_doc(doc: _Doc) -> ModelSpec:
         checkpoint_dtype=checkpoint_dtype,
         expert_dtype=expert_dtype,
         o_proj_bias=flag("o_proj_bias", fallback=attention_bias),
-        qk_norm=flag("qk_norm"),
+        qk_norm=flag("qk_norm", fallback=doc.boolean("use_qk_norm", default=False)),
         attention_sinks=flag("attention_sinks"),
         expert_bias=flag("expert_bias"),
         router_bias=flag("router_bias"),

@@ -48,11 +48,20 @@ GPUS = [
 ]
 MODELS = [
     "DeepSeek-R1-Distill-Qwen-32B",
+    "DeepSeek-V2-Lite",
     "DeepSeek-V3",
+    "Gemma-2-27B",
+    "Gemma-2-9B",
+    "Gemma-3-12B",
+    "Gemma-3-27B",
+    "GLM-4.5",
+    "GLM-4.5-Air",
     "gpt-oss-120b",
     "gpt-oss-20b",
     "Kimi-K2",
+    "Llama-2-13B",
     "Llama-2-70B",
+    "Llama-2-7B",
     "Llama-3-70B",
     "Llama-3-8B",
     "Llama-3.1-405B",
@@ -61,14 +70,22 @@ MODELS = [
     "Llama-3.2-1B",
     "Llama-3.2-3B",
     "Mistral-7B-v0.1",
+    "Mistral-Large-2407",
     "Mistral-Nemo-12B",
     "Mistral-Small-24B",
     "Mixtral-8x22B",
     "Mixtral-8x7B",
+    "Phi-3-medium-4k",
+    "Phi-3-mini-4k",
+    "Phi-4",
+    "Qwen2.5-1.5B",
     "Qwen2.5-14B",
     "Qwen2.5-32B",
+    "Qwen2.5-3B",
     "Qwen2.5-72B",
     "Qwen2.5-7B",
+    "Qwen3-0.6B",
+    "Qwen3-1.7B",
     "Qwen3-14B",
     "Qwen3-235B-A22B",
     "Qwen3-30B-A3B",
@@ -221,6 +238,11 @@ def test_gpu_aliases(alias: str, name: str) -> None:
         ("GPT-OSS-120B", "gpt-oss-120b"),
         ("qwen3-8b", "Qwen3-8B"),
         ("mistral-7b", "Mistral-7B-v0.1"),
+        ("google/gemma-2-9b-it", "Gemma-2-9B"),
+        ("gemma-3-27b-it", "Gemma-3-27B"),
+        ("microsoft/phi-4", "Phi-4"),
+        ("zai-org/GLM-4.5-Air", "GLM-4.5-Air"),
+        ("meta-llama/Llama-2-7b-hf", "Llama-2-7B"),
     ],
 )
 def test_model_aliases(alias: str, name: str) -> None:
@@ -260,6 +282,33 @@ PUBLISHED_PARAMS_B = {
     "Qwen3-Coder-480B-A35B": (480.0, 35.0, 0.02),
     "Qwen3-Coder-30B-A3B": (30.5, 3.3, 0.02),
     "DeepSeek-R1-Distill-Qwen-32B": (32.76, None, 0.001),
+    # Gemma 2 report (arXiv 2408.00118) Table 2, embedding + non-embedding: 917,962,752 +
+    # 8,324,201,984 and 1,180,237,824 + 26,047,480,320 (its embedding rows are a 256,128 vocab,
+    # the checkpoints 256,000; the spec leaves out the pre/post-feedforward norms).
+    "Gemma-2-9B": (9.242, None, 0.001),
+    "Gemma-2-27B": (27.228, None, 0.001),
+    # Gemma 3 report (arXiv 2503.19786) Table 1, language model only (the 417M vision encoder is
+    # not modelled): 1,012M + 10,759M and 1,416M + 25,600M.
+    "Gemma-3-12B": (11.771, None, 0.01),
+    "Gemma-3-27B": (27.016, None, 0.01),
+    "Phi-4": (14.7, None, 0.01),  # microsoft/phi-4: 14.7B params (safetensors); "14B" in its card
+    "Phi-3-mini-4k": (3.821, None, 0.001),  # 3,821,079,552 (keras-hub phi3_presets.py); "3.8B"
+    "Phi-3-medium-4k": (14.0, None, 0.01),  # "14B parameters"
+    "Llama-2-7B": (6.738, None, 0.001),  # 6,738,415,616 (safetensors metadata); "7B"
+    "Llama-2-13B": (13.016, None, 0.001),  # 13,015,864,320 (safetensors metadata); "13B"
+    "Qwen3-0.6B": (0.6, None, 0.01),  # "0.6B" (0.44B non-embedding)
+    "Qwen3-1.7B": (1.7, None, 0.02),  # "1.7B" (1.4B non-embedding)
+    "Qwen2.5-1.5B": (1.54, None, 0.01),  # "1.54B" (1.31B non-embedding)
+    "Qwen2.5-3B": (3.09, None, 0.01),  # "3.09B" (2.77B non-embedding)
+    "Mistral-Large-2407": (123.0, None, 0.01),  # "123B parameters"
+    # GLM-4.5 README: "355B total, 32B active" and "106B total, 12B active"; the active counts
+    # leave out the input embedding and the LM head (1.55B / 1.24B), which the spec counts,
+    # hence 33.55 / 13.24; the MTP layer is in neither.
+    "GLM-4.5": (355.0, 33.55, 0.01),
+    "GLM-4.5-Air": (106.0, 13.24, 0.02),
+    # DeepSeek-V2 report: V2-Lite "15.7B total, 2.4B activated"; the 2.4B leaves out the input
+    # embedding (0.21B), which the spec counts, hence 2.61 (2.4 is a rounded-down 2.45).
+    "DeepSeek-V2-Lite": (15.7, 2.61, 0.03),
 }
 
 
@@ -348,6 +397,25 @@ def test_mistral_is_modelled_as_full_attention() -> None:
     mistral = load_model("mistral-7b-v0.1")
     assert (mistral.num_sliding_layers, mistral.sliding_window) == (0, 0)
     assert mistral.kv_bytes_per_token(2) == 32 * 2 * 8 * 128 * 2
+
+
+def test_gemma_interleaved_sliding_windows() -> None:
+    gemma2 = load_model("gemma-2-9b")  # alternating, sliding first; head_dim 256 != 3584 / 16
+    assert (gemma2.num_sliding_layers, gemma2.num_full_attention_layers) == (21, 21)
+    assert gemma2.sliding_window == 4096 and gemma2.head_dim == 256
+    assert gemma2.kv_bytes_per_token(2) == 21 * 2 * 8 * 256 * 2
+    gemma3 = load_model("gemma-3-27b")  # 5 sliding : 1 global over 62 layers
+    assert (gemma3.num_sliding_layers, gemma3.num_full_attention_layers) == (52, 10)
+    assert gemma3.sliding_window == 1024 and gemma3.qk_norm and gemma3.tie_word_embeddings
+
+
+def test_glm4_moe_implied_details() -> None:
+    glm = load_model("glm-4.5")  # q/k/v bias, no o_proj bias, use_qk_norm, router bias
+    assert glm.attention_bias and not glm.o_proj_bias and glm.qk_norm and glm.router_bias
+    assert (glm.num_dense_layers, glm.num_moe_layers, glm.num_shared_experts) == (3, 89, 1)
+    h = 5120
+    assert glm.params.attention == 92 * (2 * h * 12288 + 2 * h * 1024 + 12288 + 2048 + 2 * 128)
+    assert not load_model("glm-4.5-air").qk_norm  # no use_qk_norm
 
 
 def test_disabled_sliding_window_is_ignored() -> None:
