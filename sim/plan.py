@@ -259,14 +259,30 @@ class MemoryPlan:
     kv_capacity_bytes_per_gpu: float
     num_blocks: int
     block_size: int
-    # blocks each running sequence holds for its sliding-window layers: their KV covers at
-    # most the window plus the block being written, stored in pages of the full-attention
-    # layers' block size (vLLM's hybrid KV manager; 0 without sliding layers)
-    window_blocks_per_seq: int = 0
+    # a sequence's sliding-window layers keep the KV of its last `sliding_window` tokens
+    # (plus the block being written), stored in pages of the full-attention layers' block
+    # size (vLLM's hybrid KV manager); their KV bytes per token over the full layers'
+    window_kv_ratio: float = 0.0
+    sliding_window: int = 0
 
     @property
     def kv_capacity_tokens(self) -> int:
         return self.num_blocks * self.block_size
+
+    def window_blocks(self, seq_tokens: int) -> int:
+        """Blocks a sequence of `seq_tokens` tokens (prompt + output) holds for its sliding
+        layers: min(seq_tokens, window) + one block being written, e.g. gpt-oss-120b (18 full,
+        18 sliding layers, window 128, 16-token blocks): (128 + 16) / 16 = 9 for any sequence
+        of 128 tokens or more, (64 + 16) / 16 = 5 for one of 64. 0 without sliding layers."""
+        if not self.window_kv_ratio:
+            return 0
+        tokens = min(seq_tokens, self.sliding_window) + self.block_size
+        return math.ceil(self.window_kv_ratio * tokens / self.block_size)
+
+    @property
+    def window_blocks_per_seq(self) -> int:
+        """The most blocks a sequence holds for its sliding layers (a window's worth)."""
+        return self.window_blocks(self.sliding_window)
 
 
 def kv_heads_per_gpu(model: ModelSpec, tp: int) -> float:
@@ -293,15 +309,13 @@ def kv_bytes_per_token_per_gpu(plan: ReplicaPlan, layers: int | None = None) -> 
     return per_rank * plan.stage_share / plan.dp_attention
 
 
-def window_blocks_per_seq(plan: ReplicaPlan, kv_tok_full: float) -> int:
-    """Blocks (of the full layers' page size) a sequence holds for its sliding layers: the
-    window plus the block being written, e.g. gpt-oss (18 full, 18 sliding layers, window 128,
-    16-token blocks): (128 + 16) / 16 = 9."""
-    m, bs = plan.model, plan.engine.block_size
+def window_kv_ratio(plan: ReplicaPlan, kv_tok_full: float) -> float:
+    """KV bytes per token of the sliding-window layers over the full-attention layers' (the
+    pages are sized by the full layers); 0 without sliding layers."""
+    m = plan.model
     if not m.num_sliding_layers or m.is_mla or kv_tok_full <= 0:
-        return 0
-    window_bytes = kv_bytes_per_token_per_gpu(plan, m.num_sliding_layers) * (m.sliding_window + bs)
-    return math.ceil(window_bytes / (kv_tok_full * bs))
+        return 0.0
+    return kv_bytes_per_token_per_gpu(plan, m.num_sliding_layers) / kv_tok_full
 
 
 MXFP4_MOE_LAYOUTS = ("checkpoint", "vllm")
@@ -392,8 +406,9 @@ def memory_plan(plan: ReplicaPlan) -> MemoryPlan:
         )
     if plan.kv_blocks_override > 0:
         num_blocks = plan.kv_blocks_override
-    window = window_blocks_per_seq(plan, kv_tok_full)
-    return MemoryPlan(weights, work, kv_tok, kv_capacity, num_blocks, e.block_size, window)
+    ratio = window_kv_ratio(plan, kv_tok_full)
+    window = plan.model.sliding_window if ratio else 0
+    return MemoryPlan(weights, work, kv_tok, kv_capacity, num_blocks, e.block_size, ratio, window)
 
 
 @dataclass(frozen=True)

@@ -199,7 +199,9 @@ def evaluate(
 def _measure(row: PlanRow, plan: ReplicaPlan, target: Target) -> PlanRow:
     mem = memory_plan(plan)
     # each sequence: its context's blocks plus its sliding-window layers' blocks
-    blocks_per_seq = math.ceil(target.context_tokens / mem.block_size) + mem.window_blocks_per_seq
+    blocks_per_seq = math.ceil(target.context_tokens / mem.block_size) + mem.window_blocks(
+        target.context_tokens
+    )
     needed = target.concurrency * blocks_per_seq * mem.block_size
     row = _replace(
         row,

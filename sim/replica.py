@@ -92,7 +92,7 @@ class Replica:
             plan.speculation,
             rng,
             prefill_only,
-            self.memory.window_blocks_per_seq,
+            self.memory.window_blocks,
         )
         self.step_model = step_model
         self.overhead = EngineOverhead.of(plan.engine)

@@ -47,7 +47,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import NamedTuple
 
 import numpy as np
@@ -119,6 +119,10 @@ class Stretch(NamedTuple):
         return full * self.num_seqs + sum(phase[-(g0 + t) % bs] for t in range(first, first + rest))
 
 
+def _constant(blocks: int) -> Callable[[int], int]:
+    return lambda seq_tokens: blocks
+
+
 class Scheduler:
     """Waiting queue, running requests (decode group + prefill list) and the KV pool."""
 
@@ -130,7 +134,7 @@ class Scheduler:
         speculation: Speculation | None = None,
         rng: np.random.Generator | None = None,
         prefill_only: bool = False,
-        window_blocks: int = 0,
+        window_blocks: int | Callable[[int], int] = 0,
     ) -> None:
         verify = 1 + (speculation.num_draft_tokens if speculation else 0)
         if engine.max_num_batched_tokens < engine.max_num_seqs * verify:
@@ -147,7 +151,9 @@ class Scheduler:
         self.kv = kv
         self.bs = kv.block_size
         self.window = window_tokens
-        self.window_blocks = window_blocks  # held by every admitted sequence (sliding layers)
+        # blocks a sequence of n tokens (prompt + output) holds for its sliding-window layers
+        # (MemoryPlan.window_blocks), or one count for every sequence
+        self.window_blocks = window_blocks if callable(window_blocks) else _constant(window_blocks)
         self.spec = speculation
         self.verify = verify
         self.lookahead = verify - 1
@@ -299,6 +305,9 @@ class Scheduler:
         r.num_preemptions += 1
         self.waiting.appendleft(r)
 
+    def _window_blocks(self, r: Request) -> int:
+        return self.window_blocks(r.input_tokens + r.output_tokens)
+
     def _release(self, r: Request) -> None:
         """Give back a request's blocks: indexed units stay cached, the rest are freed."""
         held = r.held_keys
@@ -308,12 +317,12 @@ class Scheduler:
         r.registered = 0
         table = ceil_div(r.computed, self.bs) if self.incremental else r.table_blocks
         r.table_blocks = 0
-        self.kv.free(table + self.window_blocks - len(held) * self.kv.unit_blocks)
+        self.kv.free(table + self._window_blocks(r) - len(held) * self.kv.unit_blocks)
 
     def _hold(self, r: Request) -> None:
         """Keep a prefilled request's blocks (prefill_only) until `release_held`."""
         table = ceil_div(r.computed, self.bs) if self.incremental else r.table_blocks
-        self.held[r.request_id] = (r.held_keys, table + self.window_blocks)
+        self.held[r.request_id] = (r.held_keys, table + self._window_blocks(r))
         r.held_keys = []
         r.registered = 0
         r.table_blocks = 0
@@ -340,7 +349,7 @@ class Scheduler:
             table = ceil_div(r.input_tokens, bs)
         else:
             table = ceil_div(r.input_tokens + r.output_tokens + self.lookahead, bs)
-        blocks = table + self.window_blocks - hits * kv.unit_blocks
+        blocks = table + self._window_blocks(r) - hits * kv.unit_blocks
         if blocks + idle * kv.unit_blocks > kv.num_free:
             return False
         self.waiting.popleft()
@@ -505,7 +514,7 @@ class Scheduler:
                 table = ceil_div(cached + q, bs)
             else:  # the whole sequence, plus room to verify k drafts
                 table = ceil_div(r.input_tokens + r.output_tokens + self.lookahead, bs)
-            blocks = table + self.window_blocks - hits * kv.unit_blocks
+            blocks = table + self._window_blocks(r) - hits * kv.unit_blocks
             if blocks + idle * kv.unit_blocks > kv.num_free:
                 break
             self.waiting.popleft()

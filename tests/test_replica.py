@@ -84,7 +84,7 @@ def test_preemption_recomputes_and_frees_every_block() -> None:
     assert steps["kv_blocks_used"].max() <= 8
 
 
-def run_with_blocks(p, reqs, num_blocks: int, window_blocks: int = 0):  # type: ignore[no-untyped-def]
+def run_with_blocks(p, reqs, num_blocks: int, window_blocks=0):  # type: ignore[no-untyped-def]
     import simpy
 
     from sim.kv_cache import KVCache
@@ -188,6 +188,26 @@ def test_sliding_window_layers_hold_a_window_of_blocks_per_sequence() -> None:
     steps = pd.DataFrame(replica.step_columns())
     assert steps["kv_blocks_used"].iloc[0] == 4 + 9  # the second waits for the first
     assert reqs[1].first_scheduled_at == reqs[0].finished_at
+    assert replica.kv.num_free == replica.kv.num_blocks == 24
+
+
+def test_a_sequence_shorter_than_the_window_holds_blocks_for_its_own_length() -> None:
+    # vLLM's hybrid KV manager gives sliding layers blocks as tokens arrive, up to the window:
+    # a 64 + 3 token sequence of gpt-oss-120b needs ceil((67 + 16) / 16) = 6 window blocks,
+    # not the 9 of a full 128-token window; so on 24 blocks both sequences run at once:
+    # 2 x (4 prompt blocks + 6) = 20 <= 24
+    p = plan("gpt-oss-120b", tp=2)
+    mem = memory_plan(p)
+    assert (mem.window_blocks(67), mem.window_blocks(128), mem.window_blocks(10**6)) == (6, 9, 9)
+    # Gemma-2-9B (21 sliding layers of the full layers' shape, window 4096): a 500-token
+    # sequence holds ceil(516 / 16) = 33 window blocks, not ceil(4112 / 16) = 257
+    gemma = memory_plan(plan("Gemma-2-9B"))
+    assert (gemma.window_blocks(500), gemma.window_blocks_per_seq) == (33, 257)
+    reqs = [Request(i, 0.0, input_tokens=64, output_tokens=3) for i in range(2)]
+    replica = run_with_blocks(p, reqs, num_blocks=24, window_blocks=mem.window_blocks)
+    steps = pd.DataFrame(replica.step_columns())
+    assert steps["kv_blocks_used"].iloc[0] == 2 * (4 + 6)
+    assert reqs[1].first_scheduled_at == reqs[0].first_scheduled_at == 0.0
     assert replica.kv.num_free == replica.kv.num_blocks == 24
 
 
