@@ -380,6 +380,9 @@ FORMAT_SUFFIX = re.compile(
     r"w4a4|bf16|fp16|quantized[-_.]w\d+a\d+)$"
 )
 VENDOR_PREFIX = re.compile(r"^(nvidia|amd)[\s_-]+")
+# words a GPU's marketing or CUDA device name adds around the part ("AMD Instinct MI300X",
+# "HGX B200", "NVIDIA H100 80GB HBM3"): product lines, platforms and the memory technology
+GPU_NAME_NOISE = re.compile(r"(^|-)(instinct|tesla|hgx|dgx|hbm\d?e?|gddr\d+x?)(?=-|$)", re.I)
 
 
 def profile_names(column: str, name: str) -> list[str]:
@@ -388,7 +391,8 @@ def profile_names(column: str, name: str) -> list[str]:
     model: without an organisation prefix ("meta-llama/x" -> "x"), then without checkpoint
     format suffixes ("llama-3.3-70b-instruct-fp8" -> "llama-3.3-70b-instruct").
     hardware: spaces and underscores as hyphens, without a vendor prefix ("NVIDIA H100 SXM"
-    -> "h100-sxm").
+    -> "h100-sxm"), then without product-line, platform and memory-technology words
+    ("NVIDIA H100 80GB HBM3" -> "h100-80gb", "AMD Instinct MI300X" -> "mi300x").
     """
     names = [name]
     if column == "model":
@@ -399,7 +403,8 @@ def profile_names(column: str, name: str) -> list[str]:
             short = stripped
     else:
         dashed = re.sub(r"[\s_]+", "-", name.strip())
-        names += [dashed, VENDOR_PREFIX.sub("", dashed)]
+        bare = VENDOR_PREFIX.sub("", dashed)
+        names += [dashed, bare, GPU_NAME_NOISE.sub("", bare).strip("-")]
     return list(dict.fromkeys(names))
 
 

@@ -485,6 +485,16 @@ def test_profile_names_read_other_spellings_and_say_so() -> None:
     gpu, note = validate._profile(row(hardware="NVIDIA H100_SXM5"), "hardware", load_gpu)
     assert gpu.name == "H100-SXM" and "read as H100-SXM" in note
     assert validate._profile(row(hardware="h100"), "hardware", load_gpu)[1] == ""  # as written
+    # CUDA device names and marketing names: memory technology, product line and platform
+    # words dropped, the memory size kept (it tells A100 40 GB from 80 GB)
+    for written, name in [
+        ("NVIDIA H100 80GB HBM3", "H100-SXM"),
+        ("NVIDIA A100-SXM4-40GB", "A100-SXM-40GB"),
+        ("AMD Instinct MI300X", "MI300X"),
+        ("B200 HGX", "B200"),
+        ("H200 141GB HBM3e", "H200"),
+    ]:
+        assert validate._profile(row(hardware=written), "hardware", load_gpu)[0].name == name
     with pytest.raises(validate.Unexpressible, match="unknown model 'llama-9-1b-fp8'"):
         validate._profile(row(model="llama-9-1b-fp8"), "model", load_model)
 
