@@ -379,6 +379,10 @@ FORMAT_SUFFIX = re.compile(
     r"[-_.](fp8([-_]dynamic)?|fp4|nvfp4|mxfp4|awq|gptq([-_]int[48])?|int[48]|w4a16|w8a8|"
     r"w4a4|bf16|fp16|quantized[-_.]w\d+a\d+)$"
 )
+# a release's variant or date suffix ("-instruct", "-chat-hf", "-it", "-instruct-2507") names
+# the same architecture trained differently; "meta-llama-3.1-8b" is Llama 3.1's old name
+VARIANT_SUFFIX = re.compile(r"[-_.](instruct|chat|hf|it|base|thinking|\d{4})$")
+META_PREFIX = re.compile(r"^meta-(?=llama)")
 VENDOR_PREFIX = re.compile(r"^(nvidia|amd)[\s_-]+")
 # words a GPU's marketing or CUDA device name adds around the part ("AMD Instinct MI300X",
 # "HGX B200", "NVIDIA H100 80GB HBM3"): product lines, platforms and the memory technology
@@ -388,17 +392,19 @@ GPU_NAME_NOISE = re.compile(r"(^|-)(instinct|tesla|hgx|dgx|hbm\d?e?|gddr\d+x?)(?
 def profile_names(column: str, name: str) -> list[str]:
     """The names a row's model or hardware may be looked up as, the written one first.
 
-    model: without an organisation prefix ("meta-llama/x" -> "x"), then without checkpoint
-    format suffixes ("llama-3.3-70b-instruct-fp8" -> "llama-3.3-70b-instruct").
+    model: without an organisation prefix ("meta-llama/x" -> "x") or Llama's old "meta-"
+    prefix, then without checkpoint-format, variant and date suffixes
+    ("llama-3.3-70b-instruct-fp8" -> "llama-3.3-70b", "qwen3-30b-a3b-instruct-2507" ->
+    "qwen3-30b-a3b").
     hardware: spaces and underscores as hyphens, without a vendor prefix ("NVIDIA H100 SXM"
     -> "h100-sxm"), then without product-line, platform and memory-technology words
     ("NVIDIA H100 80GB HBM3" -> "h100-80gb", "AMD Instinct MI300X" -> "mi300x").
     """
     names = [name]
     if column == "model":
-        short = name.rsplit("/", 1)[-1]
+        short = META_PREFIX.sub("", name.rsplit("/", 1)[-1])
         names.append(short)
-        while (stripped := FORMAT_SUFFIX.sub("", short)) != short:
+        while (stripped := VARIANT_SUFFIX.sub("", FORMAT_SUFFIX.sub("", short))) != short:
             names.append(stripped)
             short = stripped
     else:

@@ -469,9 +469,23 @@ def test_profile_names_read_other_spellings_and_say_so() -> None:
     assert names("model", "nvidia/llama-3.3-70b-instruct-fp8") == [
         "nvidia/llama-3.3-70b-instruct-fp8",
         "llama-3.3-70b-instruct-fp8",
-        "llama-3.3-70b-instruct",
+        "llama-3.3-70b",
     ]
-    assert names("model", "qwen2.5-72b-instruct-gptq-int4")[-1] == "qwen2.5-72b-instruct"
+    assert names("model", "qwen2.5-72b-instruct-gptq-int4")[-1] == "qwen2.5-72b"
+    # Llama's old "meta-" prefix; variant and date suffixes (same architecture)
+    assert names("model", "meta-llama/meta-llama-3.1-8b-instruct")[1:] == [
+        "llama-3.1-8b-instruct",
+        "llama-3.1-8b",
+    ]
+    assert names("model", "qwen/qwen3-235b-a22b-thinking-2507")[-1] == "qwen3-235b-a22b"
+    for written, name in [
+        ("meta-llama/Meta-Llama-3.1-8B-Instruct", "Llama-3.1-8B"),
+        ("Qwen/Qwen3-30B-A3B-Instruct-2507", "Qwen3-30B-A3B"),
+        ("meta-llama/Llama-2-13b-chat-hf", "Llama-2-13B"),
+        ("Qwen/QwQ-32B", "Qwen2.5-32B"),
+        ("deepseek-ai/DeepSeek-V3.1", "DeepSeek-V3"),
+    ]:
+        assert validate._profile(row(model=written), "model", load_model)[0].name == name
     assert names("hardware", "nvidia h100 sxm") == [
         "nvidia h100 sxm",
         "nvidia-h100-sxm",
