@@ -83,13 +83,15 @@ Mapping of a row onto a `Config` (every choice here, nothing per row):
 - **Metrics.** As the benchmark clients compute them (`vllm bench serve`,
   `sglang.bench_serving`): TTFT/TPOT/E2E statistics over finished requests with numpy's default
   linear-interpolation percentiles (TPOT over requests with more than one output token);
-  itl_p50_ms over every inter-token gap (the per-step ITL samples weighted by tokens, same
-  linear rule); throughputs are finished tokens or requests / (last finish - first arrival);
+  ITL (itl_mean_ms, itl_p50/p90/p95/p99_ms) over every inter-token gap (the per-step ITL
+  samples weighted by tokens, same linear rule); the p90/p95 percentiles and E2E in ms that
+  the clients also print are accepted beside the format's own list; throughputs are finished
+  tokens or requests / (last finish - first arrival);
   `_per_gpu` divides by the GPUs of all replicas. Rejected requests (longer than the context
   or the KV cache) are left out and counted in the printed line.
 - **Not yet expressible** (skipped with the reason; each is one place to change):
-  speculative decoding (`speculative_technique`), prefix-cache hit ratios and acceptance
-  lengths (`UNSUPPORTED_METRICS`), pp/ep layouts without the cluster fields (`layout_of`).
+  speculative decoding (`speculative_technique`), acceptance lengths
+  (`UNSUPPORTED_METRICS`), pp/ep layouts without the cluster fields (`layout_of`).
 - **Ratio rows.** `baseline` written as `column=value;...` (optionally `quantity=<metric>`)
   overrides those columns; free text saying "without speculative decoding / MTP / EAGLE"
   means spec_method=none; anything else is skipped. The quantity is `quantity`, else TTFT,
@@ -160,21 +162,28 @@ FLOAT_COLUMNS = ("request_rate", "input_len", "output_len", "value")
 AT_LEAST_ONE = frozenset({"num_gpus", "tp", "pp", "ep", "dp", "batch_size"})
 MODES = ("offline", "poisson", "concurrency", "single_batch", "ratio", "trace")
 SERVING_MODES = ("offline", "poisson", "concurrency", "trace")
+# the file format's per-request latency metrics, plus the other percentiles and units the
+# benchmark clients print (p90/p95, E2E in ms), so a file that names them is not skipped
+PERCENTILES = (50, 90, 95, 99)
 PERCENTILE_METRICS: dict[str, tuple[str, float, float]] = {  # metric -> (column, q, scale)
-    "ttft_p50_ms": ("ttft_s", 50, 1e3),
-    "ttft_p90_ms": ("ttft_s", 90, 1e3),
-    "ttft_p99_ms": ("ttft_s", 99, 1e3),
-    "tpot_p50_ms": ("tpot_s", 50, 1e3),
-    "tpot_p99_ms": ("tpot_s", 99, 1e3),
-    "e2e_p50_s": ("e2e_s", 50, 1.0),
+    **{f"ttft_p{q}_ms": ("ttft_s", q, 1e3) for q in PERCENTILES},
+    **{f"tpot_p{q}_ms": ("tpot_s", q, 1e3) for q in PERCENTILES},
+    **{f"e2e_p{q}_s": ("e2e_s", q, 1.0) for q in PERCENTILES},
+    **{f"e2e_p{q}_ms": ("e2e_s", q, 1e3) for q in PERCENTILES},
 }
 MEAN_METRICS: dict[str, tuple[str, float]] = {
     "ttft_mean_ms": ("ttft_s", 1e3),
     "tpot_mean_ms": ("tpot_s", 1e3),
     "e2e_mean_s": ("e2e_s", 1.0),
+    "e2e_mean_ms": ("e2e_s", 1e3),
+}
+# inter-token latency over every gap between two streamed tokens (per-step samples weighted)
+ITL_METRICS: dict[str, float | None] = {
+    "itl_mean_ms": None,
+    **{f"itl_p{q}_ms": float(q) for q in PERCENTILES},
 }
 THROUGHPUT_METRICS = ("output_tok_s", "output_tok_s_per_gpu", "total_tok_s", "requests_per_s")
-SERVING_METRICS = (*PERCENTILE_METRICS, *MEAN_METRICS, "itl_p50_ms", *THROUGHPUT_METRICS)
+SERVING_METRICS = (*PERCENTILE_METRICS, *MEAN_METRICS, *ITL_METRICS, *THROUGHPUT_METRICS)
 STEP_METRICS = ("prefill_step_ms", "decode_step_ms")
 # Metrics the file format allows that the validator does not produce yet. Prefix caching and
 # speculative decoding are being added to the simulator: once mapped, drop the line here.
@@ -836,7 +845,13 @@ def serving_metrics(
         values = values[~np.isnan(values)]
         out[metric] = float(values.mean()) * scale if values.size else math.nan
     itl_values, itl_weights = itl_samples(steps)
-    out["itl_p50_ms"] = linear_percentile(itl_values * 1e3, 50, itl_weights)
+    for metric, itl_q in ITL_METRICS.items():
+        if itl_q is not None:
+            out[metric] = linear_percentile(itl_values * 1e3, itl_q, itl_weights)
+        elif itl_weights.sum() > 0:
+            out[metric] = float(np.average(itl_values, weights=itl_weights)) * 1e3
+        else:
+            out[metric] = math.nan
     duration = float(fin["finished_at"].max() - req["arrival_at"].min()) if len(fin) else 0.0
     rate = (lambda x: x / duration) if duration > 0 else (lambda x: math.nan)
     output_tokens = float(fin["output_tokens"].sum())

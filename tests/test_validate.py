@@ -548,3 +548,27 @@ def test_set_applies_to_every_row_and_only_filters_rows(
         validate.main([str(path), "--only", "ttft_mean", "--set", "engine.nope=1"])
     assert exit_.value.code == 2
     assert "--set 'engine.nope=1': expected engine.KEY=VALUE" in capsys.readouterr().err
+
+
+def test_every_latency_statistic_the_clients_print_is_produced() -> None:
+    # the format's metrics plus the p90/p95 percentiles, E2E in ms and ITL's mean and tail:
+    # each defined from the same samples as the clients (numpy's linear percentiles over
+    # finished requests; ITL over every token gap, the per-step samples weighted by tokens)
+    from sim.metrics import itl_samples, request_metrics
+    from sim.simulate import simulate
+    from tests.factories import small_config
+
+    run = simulate(small_config())
+    out = validate.serving_metrics(run.requests, run.steps, num_gpus=1)
+    fin = request_metrics(run.requests)
+    fin = fin[fin["status"] == "finished"]
+    for q in (50, 90, 95, 99):
+        assert out[f"ttft_p{q}_ms"] == pytest.approx(np.percentile(fin["ttft_s"], q) * 1e3)
+        assert out[f"e2e_p{q}_ms"] == pytest.approx(out[f"e2e_p{q}_s"] * 1e3)
+    tpot = fin["tpot_s"].dropna()
+    assert out["tpot_p95_ms"] == pytest.approx(np.percentile(tpot, 95) * 1e3)
+    assert out["e2e_mean_ms"] == pytest.approx(fin["e2e_s"].mean() * 1e3)
+    values, weights = itl_samples(run.steps)
+    assert out["itl_mean_ms"] == pytest.approx((values * weights).sum() / weights.sum() * 1e3)
+    assert out["itl_p50_ms"] <= out["itl_p90_ms"] <= out["itl_p95_ms"] <= out["itl_p99_ms"]
+    assert set(validate.SERVING_METRICS) <= set(out)
