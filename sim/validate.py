@@ -89,9 +89,15 @@ Mapping of a row onto a `Config` (every choice here, nothing per row):
   tokens or requests / (last finish - first arrival);
   `_per_gpu` divides by the GPUs of all replicas. Rejected requests (longer than the context
   or the KV cache) are left out and counted in the printed line.
-- **Not yet expressible** (skipped with the reason; each is one place to change):
-  speculative decoding (`speculative_technique`), acceptance lengths
-  (`UNSUPPORTED_METRICS`), pp/ep layouts without the cluster fields (`layout_of`).
+- **Speculative rows** (eagle, eagle2, eagle3, mtp, ngram with spec_k drafts) take their
+  acceptance length, the mean tokens a verification step commits, from the data: "acceptance
+  length X" in their notes, else the file's accept_len row of the same setup (every setup
+  column equal but the mode; simulatable or not, it is an input). It becomes the per-draft
+  acceptance a with 1 + a + ... + a^k = X; EAGLE and MTP heads cost about one target layer a
+  draft. Without one, or with spec_method=draft (no draft model in the format), the row is
+  skipped with the reason; accept_len rows themselves are inputs, not predicted.
+- **Not yet expressible** (skipped with the reason; each is one place to change): the
+  metrics in `UNSUPPORTED_METRICS`, pp/ep layouts without the cluster fields (`layout_of`).
 - **Ratio rows.** `baseline` written as `column=value;...` (optionally `quantity=<metric>`)
   overrides those columns; free text saying "without speculative decoding / MTP / EAGLE"
   means spec_method=none; anything else is skipped. The quantity is `quantity`, else TTFT,
@@ -193,7 +199,8 @@ HIT_METRICS = ("hit_ratio", "hit_ratio_tokens")
 # so any engine replays it; this one is documented, not tuned.
 HIT_RATIO_DEFAULT = ("Llama-3.1-8B", "B200")
 UNSUPPORTED_METRICS: dict[str, str] = {
-    "accept_len": "acceptance length: speculative decoding is not mapped by the validator yet",
+    "accept_len": "acceptance length: an input (it sets the acceptance of the same setup's "
+    "speculative rows), not predicted",
     "other": "metric 'other' is free text, not a quantity the simulator produces",
 }
 LOWER_IS_BETTER_PREFIXES = ("ttft", "tpot", "itl", "e2e", "prefill_step", "decode_step")
@@ -237,6 +244,9 @@ class Row:
     line: int  # 1-based line of the file where the record starts
     cells: Mapping[str, str]
     numbers: Mapping[str, float | None]
+    # mean tokens a verification step commits (speculative rows; `attach_acceptance`)
+    accept_len: float | None = None
+    accept_from: str = ""  # where accept_len was read
 
     def text(self, column: str) -> str:
         return self.cells.get(column, "").strip()
@@ -261,7 +271,8 @@ class Row:
 
     def changed(self, **cells: str) -> Row:
         """This row with some cells replaced (re-checked like a file row)."""
-        return parse_row(self.line, {**self.cells, **cells}, "baseline")
+        row = parse_row(self.line, {**self.cells, **cells}, "baseline")
+        return dataclasses.replace(row, accept_len=self.accept_len, accept_from=self.accept_from)
 
 
 def _bad(
@@ -368,18 +379,95 @@ class Setup:
     context_tokens: int = 0
     prefix_caching: str = ""  # "" off | "on" | "unbounded" (an infinite KV pool)
     engine_set: tuple[tuple[str, Any], ...] = ()  # `--set engine.KEY=VALUE`, every row
+    speculative: tuple[tuple[str, Any], ...] = ()  # the speculative technique's fields
+
+
+# spec_method -> the speculative technique's method (EAGLE-2/3 and MTP draft with a head of
+# about one target layer; n-gram lookup costs nothing); `draft` needs a draft model the format
+# does not name
+SPEC_METHODS = {
+    **dict.fromkeys(("eagle", "eagle2", "eagle3"), "eagle"),
+    "mtp": "mtp",
+    "ngram": "ngram",
+}
+# "acceptance length 2.18", "accept_len=3.1", "accept length: 2.4" in a row's notes
+ACCEPT_LEN_NOTE = re.compile(
+    r"accept(?:ance)?[\s_-]*len(?:gth)?\s*(?:of|=|:|is)?\s*(\d+(?:\.\d+)?)(?![\d.])", re.I
+)
+# an accept_len row gives the acceptance of the speculative rows of the same setup: every
+# setup column equal except the mode (a ratio row and a serving row share it)
+ACCEPT_KEY_SKIP = NON_SETUP_COLUMNS | {"simulatable", "baseline", "mode"}
+
+
+def _acceptance_key(row: Row) -> tuple[str, ...]:
+    return tuple(row.key(c) for c in COLUMNS if c not in ACCEPT_KEY_SKIP)
+
+
+def attach_acceptance(rows: Sequence[Row]) -> list[Row]:
+    """Speculative rows with their acceptance length: stated in their notes, else the value
+    of the file's accept_len row of the same setup (simulatable or not: it is an input).
+    Rows without one keep None and are skipped with that reason."""
+    stated: dict[tuple[str, ...], set[float]] = {}
+    for r in rows:
+        value = r.num("value")
+        if r.key("metric") == "accept_len" and value is not None:
+            stated.setdefault(_acceptance_key(r), set()).add(value)
+    out = []
+    for r in rows:
+        if r.key("spec_method") in ("", "none") or r.key("metric") == "accept_len":
+            out.append(r)
+            continue
+        match = ACCEPT_LEN_NOTE.search(r.text("notes"))
+        values = stated.get(_acceptance_key(r), set())
+        if match:
+            r = dataclasses.replace(r, accept_len=float(match.group(1)), accept_from="notes")
+        elif len(values) == 1:
+            source = "the accept_len row of the same setup"
+            r = dataclasses.replace(r, accept_len=next(iter(values)), accept_from=source)
+        out.append(r)
+    return out
+
+
+def per_token_acceptance(accept_len: float, k: int) -> float:
+    """The conditional acceptance a per draft position with (1 - a^(k+1)) / (1 - a) =
+    accept_len, the mean tokens a step commits with k drafts (bisection; exact at the ends)."""
+    if accept_len <= 1.0:
+        return 0.0
+    if accept_len >= k + 1:
+        return 1.0
+    lo, hi = 0.0, 1.0
+    for _ in range(100):
+        a = (lo + hi) / 2
+        if sum(a**i for i in range(k + 1)) < accept_len:
+            lo = a
+        else:
+            hi = a
+    return (lo + hi) / 2
 
 
 def speculative_technique(row: Row) -> dict[str, Any]:
     """The technique entry for the row's spec_method: the one place speculative decoding
-    plugs in (empty for none)."""
+    plugs in (empty for none). The acceptance comes from the data (`attach_acceptance`):
+    it is a property of the model, drafter and dataset, not something to predict."""
     method = row.key("spec_method")
     if method in ("", "none"):
         return {}
-    raise Unexpressible(
-        f"spec_method={method}: speculative decoding is not mapped by the validator yet "
-        "(the acceptance rate is not in the file)"
-    )
+    if method not in SPEC_METHODS:
+        why = "the format does not name the draft model" if method == "draft" else "unknown"
+        raise Unexpressible(f"spec_method={method}: {why}")
+    k = row.count("spec_k")
+    if not k:
+        raise Unexpressible(f"spec_method={method} needs spec_k (draft tokens per step)")
+    length = row.accept_len
+    if length is None:
+        raise Unexpressible(
+            f"spec_method={method}: no acceptance length for this setup (give an accept_len "
+            "row of the same setup, or 'acceptance length X' in the notes)"
+        )
+    if not 1.0 <= length <= k + 1:
+        raise Unexpressible(f"acceptance length {length:g} is outside [1, spec_k + 1 = {k + 1}]")
+    a = per_token_acceptance(length, k)
+    return {"method": SPEC_METHODS[method], "num_tokens": k, "acceptance": a}
 
 
 # a checkpoint's format suffix ("-fp8", "-instruct-awq", "-gptq-int4", ...) names a
@@ -682,7 +770,7 @@ def setup_of(
     engine_set: tuple[tuple[str, Any], ...] = (),
 ) -> tuple[Setup, list[str]]:
     """The row's Setup and notes worth printing; Unexpressible with the reason otherwise."""
-    speculative_technique(row)  # raises until speculative decoding is mapped; then add to Setup
+    speculative = speculative_technique(row)
     traffic = row.key("mode")
     if traffic == "trace":
         text = row.text("trace")
@@ -691,6 +779,13 @@ def setup_of(
             raise Unexpressible(f"mode trace needs the trace file {text!r} (looked for {path})")
     common, notes = cluster_of(row)
     common["traffic"] = traffic
+    if speculative:
+        common["speculative"] = tuple(speculative.items())
+        notes.append(
+            f"{row.key('spec_method')} k={speculative['num_tokens']}: acceptance length "
+            f"{row.accept_len:g} (from {row.accept_from}) -> {speculative['acceptance']:.3f} "
+            "per draft"
+        )
     stated = stated_flags(row, common["engine"])
     notes += [f"notes state engine.{k}={v}" for k, v in stated]
     common["engine_set"] = stated + engine_set  # (a --set of the same field wins)
@@ -755,6 +850,8 @@ def to_config(setup: Setup, lengths_trace: Path | None = None) -> Config:
     technique: dict[str, Any] = {"quantization": quant}
     if setup.prefix_caching:
         technique["prefix_caching"] = {"unbounded": setup.prefix_caching == "unbounded"}
+    if setup.speculative:
+        technique["speculative"] = dict(setup.speculative)
     return Config(
         model=ModelConfig(setup.model),
         cluster=cluster,
@@ -1095,7 +1192,7 @@ def validate_rows(
     harness = Harness(csv_dir, max_requests, engine_set)
     groups: dict[tuple[str, ...], str] = {}
     results = []
-    for row in rows:
+    for row in attach_acceptance(rows):
         predicted, status, reason = outcome(row, harness)
         result = Result(
             id=row.id,

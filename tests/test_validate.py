@@ -373,10 +373,63 @@ def test_layout_rules() -> None:
             validate.layout_of(row(num_gpus="8", tp="4", pp="2"))
 
 
-def test_speculative_rows_are_skipped_in_one_place() -> None:
-    with pytest.raises(Unexpressible, match="speculative decoding"):
-        validate.speculative_technique(row(spec_method="eagle3", spec_k="3"))
-    assert validate.speculative_technique(row(spec_method="none")) == {}
+def test_speculative_rows_take_their_acceptance_from_the_data() -> None:
+    spec = validate.speculative_technique
+    assert spec(row(spec_method="none")) == {}
+    with pytest.raises(Unexpressible, match="no acceptance length for this setup"):
+        spec(row(spec_method="eagle3", spec_k="3"))
+    with pytest.raises(Unexpressible, match="does not name the draft model"):
+        spec(row(spec_method="draft", spec_k="3"))
+    with pytest.raises(Unexpressible, match="needs spec_k"):
+        spec(row(spec_method="mtp"))
+    # k = 3 drafts at a = 0.5 commit 1 + 0.5 + 0.25 + 0.125 = 1.875 tokens a step
+    assert validate.per_token_acceptance(1.875, 3) == pytest.approx(0.5, abs=1e-12)
+    assert (validate.per_token_acceptance(1.0, 3), validate.per_token_acceptance(4.0, 3)) == (0, 1)
+    # an accept_len row of the same setup (another mode, not simulatable: an input) sets it;
+    # a number in the notes wins; two different values for one setup set nothing
+    cells = {"model": "llama-3.1-8b", "spec_method": "eagle3", "spec_k": "3", "concurrency": "1"}
+    serving = row(id="s", mode="concurrency", metric="output_tok_s", **cells)
+    ratio = row(id="r", mode="ratio", metric="speedup_x", **cells)
+    stated = row(id="a", metric="accept_len", value="1.875", simulatable="no", **cells)
+    noted = row(id="n", mode="concurrency", notes="acceptance length: 2.5 on MT-bench", **cells)
+    other = row(id="o", mode="concurrency", metric="output_tok_s", **{**cells, "spec_k": "4"})
+    out = validate.attach_acceptance([serving, ratio, stated, noted, other])
+    assert [r.accept_len for r in out] == [1.875, 1.875, None, 2.5, None]
+    assert spec(out[0]) == {"method": "eagle", "num_tokens": 3, "acceptance": pytest.approx(0.5)}
+    twice = row(id="b", metric="accept_len", value="2.0", simulatable="no", **cells)
+    assert validate.attach_acceptance([serving, stated, twice])[0].accept_len is None
+    with pytest.raises(Unexpressible, match="outside"):
+        spec(dataclasses.replace(serving, accept_len=4.5))
+
+
+def test_speculative_rows_are_simulated_and_pay_off_at_batch_one(tmp_path: Path) -> None:
+    cells = {c: "" for c in header()}
+    cells.update(
+        source="x", kind="measured", model="llama-3.1-8b", hardware="h100", num_gpus="1",
+        tp="1", weight_dtype="bf16", activation_dtype="bf16", engine="vllm",
+        mode="concurrency", concurrency="1", num_requests="20", input_len="200",
+        output_len="128", length_dist="fixed", spec_method="eagle3", spec_k="3",
+        simulatable="yes", metric="output_tok_s", value="300",
+    )  # fmt: skip
+    rows = [
+        {**cells, "id": "spec"},
+        {**cells, "id": "spec_al", "metric": "accept_len", "value": "3.0", "simulatable": "no"},
+        {**cells, "id": "plain", "spec_method": "none", "spec_k": ""},
+        {**cells, "id": "gain", "mode": "ratio", "metric": "speedup_x", "value": "2",
+         "baseline": "without speculative decoding"},
+    ]  # fmt: skip
+    path = tmp_path / "spec.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=header())
+        writer.writeheader()
+        writer.writerows(rows)
+    results = {r.id: r for r in validate.validate_file(path)}
+    assert all(r.status == "ok" for r in results.values() if r.id != "spec_al")
+    spec, plain, gain = results["spec"], results["plain"], results["gain"]
+    assert spec.predicted is not None and plain.predicted is not None
+    # 3 tokens a step for one verify pass plus three one-layer drafts: faster at batch 1
+    assert 1.5 < spec.predicted / plain.predicted < 3.0
+    assert gain.predicted == pytest.approx(spec.predicted / plain.predicted, rel=0.05)
 
 
 def test_baseline_parsing() -> None:
@@ -427,7 +480,7 @@ def test_prefill_is_split_by_the_token_budget() -> None:
         ({"mode": "offline", "input_len": "100", "output_len": ""}, "input_len/output_len"),
         ({"mode": "trace", "trace": "missing.jsonl", "metric": "ttft_p50_ms"}, "missing.jsonl"),
         ({"mode": "single_batch", "metric": "output_tok_s"}, "not produced in mode"),
-        ({"mode": "offline", "metric": "accept_len"}, "speculative decoding"),
+        ({"mode": "offline", "metric": "accept_len"}, "an input (it sets the acceptance"),
         ({"mode": "offline", "hardware": "a100;h100"}, "several hardware"),
         ({"mode": "offline", "spec_method": "eagle3"}, "spec_method=eagle3"),
         ({"mode": "ratio", "metric": "speedup_x", "baseline": "a different cluster"}, "baseline"),
