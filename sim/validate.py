@@ -592,7 +592,7 @@ def precision_of(row: Row, model: ModelSpec, gpu: GPUSpec) -> tuple[tuple[str, s
     if model.expert_dtype != base and get_format(weights).name == model.expert_dtype:
         weights, experts = base, model.expert_dtype  # the mixed checkpoint as published
     acts = names["activation_dtype"] or (weights if _has_rate(gpu, weights) else sixteen)
-    kv = names["kv_dtype"] or default_kv_format(row.key("engine"), weights, gpu, sixteen)
+    kv = names["kv_dtype"] or default_kv_format(engine_named(row), weights, gpu, sixteen)
     return (("weights", weights), ("experts", experts), ("activations", acts), ("kv_cache", kv))
 
 
@@ -643,9 +643,23 @@ def stated_flags(row: Row, engine: str) -> tuple[tuple[str, Any], ...]:
     return tuple(found)
 
 
-def engine_of(row: Row, gpu: GPUSpec) -> tuple[str, tuple[int, int] | None, str]:
+# other spellings of the presets' engines ("TensorRT-LLM", "trt-llm", "SGLang 0.5", "vLLM v0.11")
+ENGINE_SPELLINGS = re.compile(
+    r"^(?:(?P<trtllm>tensorrt[-_ ]?llm|trt[-_ ]?llm|trtllm[-_ ]?(?:serve|bench))|"
+    r"(?P<vllm>vllm)|(?P<sglang>sglang))(?:[-_ ]?v?\d[\w.]*)?$"
+)
+
+
+def engine_named(row: Row) -> str:
+    """The row's engine, a preset's name where it is one spelled otherwise."""
     name = row.key("engine")
-    note = ""
+    spelled = ENGINE_SPELLINGS.match(name)
+    return str(spelled.lastgroup) if spelled and name not in ENGINE_PRESETS else name
+
+
+def engine_of(row: Row, gpu: GPUSpec) -> tuple[str, tuple[int, int] | None, str]:
+    name = engine_named(row)
+    note = "" if name == row.key("engine") else f"engine {row.key('engine')!r} read as {name}"
     if name not in ENGINE_PRESETS:
         note = f"engine {name or 'blank'!r} -> vllm preset"
         name = "vllm"

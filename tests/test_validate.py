@@ -293,6 +293,12 @@ def test_vllm_gpu_class_batch_defaults() -> None:
     name, batch, note = validate.engine_of(row(engine="other"), load_gpu("a100"))
     assert (name, batch) == ("vllm", (2048, 256)) and "other" in note
     assert validate.engine_of(row(engine="trtllm"), h100)[:2] == ("trtllm", None)
+    # other spellings of the presets' engines, said in the printed line
+    for written, preset in [("TensorRT-LLM", "trtllm"), ("trtllm-serve", "trtllm"),
+                            ("SGLang 0.5.3", "sglang"), ("vLLM v0.11.0", "vllm")]:  # fmt: skip
+        name, _, note = validate.engine_of(row(engine=written), h100)
+        assert name == preset and f"read as {preset}" in note
+    assert validate.engine_of(row(engine="lmdeploy"), h100)[0] == "vllm"  # no preset of its own
 
 
 def test_sharegpt_rescaling_matches_the_row_means() -> None:
