@@ -188,6 +188,8 @@ ITL_METRICS: dict[str, float | None] = {
     "itl_mean_ms": None,
     **{f"itl_p{q}_ms": float(q) for q in PERCENTILES},
 }
+# "ttft_median_ms" is ttft_p50_ms (the clients print "Median TTFT")
+METRIC_SPELLINGS = re.compile(r"^(ttft|tpot|itl|e2e)_median_")
 THROUGHPUT_METRICS = ("output_tok_s", "output_tok_s_per_gpu", "total_tok_s", "requests_per_s")
 SERVING_METRICS = (*PERCENTILE_METRICS, *MEAN_METRICS, *ITL_METRICS, *THROUGHPUT_METRICS)
 STEP_METRICS = ("prefill_step_ms", "decode_step_ms")
@@ -315,7 +317,8 @@ def parse_row(line: int, cells: Mapping[str, str], where: str) -> Row:
         raise _bad(where, line, row_id, "simulatable", flag, "yes or no")
     if flag == "yes" and numbers["value"] is None:
         raise _bad(where, line, row_id, "value", "", "the measured number")
-    return Row(line, dict(cells), numbers)
+    metric = cells.get("metric", "").strip().lower()
+    return Row(line, {**cells, "metric": METRIC_SPELLINGS.sub(r"\1_p50_", metric)}, numbers)
 
 
 def read_scenarios(path: Path) -> list[Row]:

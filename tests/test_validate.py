@@ -631,3 +631,9 @@ def test_every_latency_statistic_the_clients_print_is_produced() -> None:
     assert out["itl_mean_ms"] == pytest.approx((values * weights).sum() / weights.sum() * 1e3)
     assert out["itl_p50_ms"] <= out["itl_p90_ms"] <= out["itl_p95_ms"] <= out["itl_p99_ms"]
     assert set(validate.SERVING_METRICS) <= set(out)
+
+
+def test_median_is_read_as_p50() -> None:
+    assert row(metric="TTFT_median_ms").key("metric") == "ttft_p50_ms"
+    assert row(metric="e2e_median_s").key("metric") == "e2e_p50_s"
+    assert row(metric="output_tok_s").key("metric") == "output_tok_s"
