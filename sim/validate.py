@@ -148,7 +148,7 @@ from sim.metrics import itl_samples, request_metrics
 from sim.plan import cost_params, memory_plan
 from sim.simulate import simulate
 from sim.step_time import EngineOverhead, Roofline, StepShape, prefill_shapes
-from sim.trace import LengthPairs, arrival_times, bundled
+from sim.trace import TRACES_DIR, LengthPairs, arrival_times, bundled
 
 COLUMNS: tuple[str, ...] = (
     "id", "source", "kind", "model", "hardware", "num_gpus", "tp", "pp", "ep", "dp",
@@ -780,6 +780,31 @@ def cluster_of(row: Row) -> tuple[dict[str, Any], list[str]]:
     return fields, [n for n in (model_note, gpu_note, layout.note, engine_note) if n]
 
 
+def trace_dirs() -> tuple[Path, ...]:
+    """Where a trace named by a scenario file is looked for when it is not beside the file:
+    the bundled traces and the shared data's, if present."""
+    shared = TRACES_DIR.parent.parent / "shared" / "traces"
+    return (TRACES_DIR, *((shared,) if shared.is_dir() else ()))
+
+
+def find_trace(text: str, csv_dir: Path) -> Path | None:
+    """The trace file a row names: relative to the CSV's folder, else the same relative path
+    or its last one or two components (also gzipped) under `trace_dirs()`."""
+    if not text:
+        return None
+    first = (csv_dir / text).resolve()
+    if first.is_file():
+        return first
+    parts = [p for p in Path(text).parts if p not in ("..", ".")]
+    tails = [Path(*parts[i:]) for i in range(len(parts)) if len(parts) - i <= 2 or i == 0]
+    for base in trace_dirs():
+        for tail in tails:
+            for name in (tail, tail.with_name(tail.name + ".gz")):
+                if (base / name).is_file():
+                    return (base / name).resolve()
+    return None
+
+
 def setup_of(
     row: Row,
     csv_dir: Path,
@@ -789,12 +814,19 @@ def setup_of(
     """The row's Setup and notes worth printing; Unexpressible with the reason otherwise."""
     speculative = speculative_technique(row)
     traffic = row.key("mode")
+    trace_note: list[str] = []
     if traffic == "trace":
         text = row.text("trace")
-        path = (csv_dir / text).resolve()
-        if not text or not path.is_file():
-            raise Unexpressible(f"mode trace needs the trace file {text!r} (looked for {path})")
+        path = find_trace(text, csv_dir)
+        if path is None:
+            raise Unexpressible(
+                f"mode trace needs the trace file {text!r} (looked for {csv_dir / text} and "
+                f"under {', '.join(str(d) for d in trace_dirs())})"
+            )
+        if path != (csv_dir / text).resolve():
+            trace_note.append(f"trace {text!r} not beside the file: read {path}")
     common, notes = cluster_of(row)
+    notes += trace_note
     common["traffic"] = traffic
     if speculative:
         common["speculative"] = tuple(speculative.items())

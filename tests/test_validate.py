@@ -637,3 +637,22 @@ def test_median_is_read_as_p50() -> None:
     assert row(metric="TTFT_median_ms").key("metric") == "ttft_p50_ms"
     assert row(metric="e2e_median_s").key("metric") == "e2e_p50_s"
     assert row(metric="output_tok_s").key("metric") == "output_tok_s"
+
+
+def test_a_trace_not_beside_the_file_is_found_among_the_bundled_ones(tmp_path: Path) -> None:
+    from sim.trace import TRACES_DIR
+
+    beside = tmp_path / "mine.jsonl"
+    beside.write_text("")
+    assert validate.find_trace("mine.jsonl", tmp_path) == beside.resolve()
+    # the written relative path does not exist here: its last components are looked up
+    # under the bundled traces (and the shared data's), gzipped or not
+    found = validate.find_trace("../elsewhere/mooncake_trace_1000.jsonl", tmp_path)
+    assert found == (TRACES_DIR / "mooncake_trace_1000.jsonl").resolve()
+    gz = validate.find_trace("x/mooncake_synthetic_trace.jsonl", tmp_path)
+    assert gz == (TRACES_DIR / "mooncake_synthetic_trace.jsonl.gz").resolve()
+    assert validate.find_trace("nowhere/none.jsonl", tmp_path) is None
+    assert validate.find_trace("", tmp_path) is None
+    cells = {"mode": "trace", "metric": "hit_ratio", "trace": "../x/mooncake_trace_1000.jsonl"}
+    setup, notes = validate.setup_of(row(**cells), tmp_path, 50)
+    assert setup.trace == str(found) and any("not beside the file" in n for n in notes)
