@@ -767,6 +767,9 @@ def cluster_of(row: Row) -> tuple[dict[str, Any], list[str]]:
     gpu, gpu_note = _profile(row, "hardware", load_gpu)
     layout = layout_of(row)
     name, batch, engine_note = engine_of(row, gpu)
+    quantization, precision_note = weight_only_fallback(
+        precision_of(row, model, gpu), name, gpu, model
+    )
     fields = {
         "model": model.name,
         "gpu": gpu.name,
@@ -775,9 +778,34 @@ def cluster_of(row: Row) -> tuple[dict[str, Any], list[str]]:
         "layout_extra": layout.extra,
         "engine": name,
         "batch_defaults": batch,
-        "quantization": precision_of(row, model, gpu),
+        "quantization": quantization,
     }
-    return fields, [n for n in (model_note, gpu_note, layout.note, engine_note) if n]
+    notes = (model_note, gpu_note, layout.note, engine_note, precision_note)
+    return fields, [n for n in notes if n]
+
+
+# engines that run a checkpoint whose activation format the GPU cannot compute in as
+# weight-only (Marlin-style kernels dequantize to 16 bits: FP8 on Ampere, FP4 on Hopper);
+# TensorRT-LLM refuses such a checkpoint instead
+WEIGHT_ONLY_FALLBACK_ENGINES = ("vllm", "sglang")
+
+
+def weight_only_fallback(
+    quantization: tuple[tuple[str, str], ...], engine: str, gpu: GPUSpec, model: ModelSpec
+) -> tuple[tuple[tuple[str, str], ...], str]:
+    """The row's formats, with activations at 16 bits where the GPU has no tensor-core rate
+    for the stated ones and the engine runs such weights weight-only; and a note saying so."""
+    fields = dict(quantization)
+    acts = fields["activations"]
+    if engine not in WEIGHT_ONLY_FALLBACK_ENGINES or _has_rate(gpu, acts):
+        return quantization, ""
+    base = model.checkpoint_dtype
+    sixteen = base if get_format(base).element_bits == 16 else "bf16"
+    if not _has_rate(gpu, sixteen):
+        return quantization, ""
+    fields["activations"] = sixteen
+    note = f"{gpu.name} has no {acts} compute: {engine} runs the weights weight-only ({sixteen})"
+    return tuple(fields.items()), note
 
 
 def trace_dirs() -> tuple[Path, ...]:

@@ -656,3 +656,21 @@ def test_a_trace_not_beside_the_file_is_found_among_the_bundled_ones(tmp_path: P
     cells = {"mode": "trace", "metric": "hit_ratio", "trace": "../x/mooncake_trace_1000.jsonl"}
     setup, notes = validate.setup_of(row(**cells), tmp_path, 50)
     assert setup.trace == str(found) and any("not beside the file" in n for n in notes)
+
+
+def test_activations_the_gpu_cannot_compute_in_run_weight_only_on_vllm_and_sglang() -> None:
+    # an FP8 (W8A8) checkpoint on an A100: vLLM and SGLang run it with FP8 weights and bf16
+    # math (Marlin); TensorRT-LLM does not, so its row stays unexpressible
+    cells = {"model": "llama-3.1-8b", "hardware": "a100", "num_gpus": "1", "tp": "1"}
+    fp8 = {"weight_dtype": "fp8", "activation_dtype": "fp8", "mode": "offline"}
+    fields, notes = validate.cluster_of(row(engine="vllm", **cells, **fp8))
+    assert dict(fields["quantization"])["weights"] == "fp8"
+    assert dict(fields["quantization"])["activations"] == "bf16"
+    assert any("no fp8 compute: vllm runs the weights weight-only" in n for n in notes)
+    fields, notes = validate.cluster_of(row(engine="trtllm", **cells, **fp8))
+    assert dict(fields["quantization"])["activations"] == "fp8" and not any(
+        "weight-only" in n for n in notes
+    )
+    h100 = {**cells, "hardware": "h100"}
+    fields, _ = validate.cluster_of(row(engine="sglang", **h100, **fp8))
+    assert dict(fields["quantization"])["activations"] == "fp8"  # the H100 computes in FP8
