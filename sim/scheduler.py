@@ -119,10 +119,6 @@ class Stretch(NamedTuple):
         return full * self.num_seqs + sum(phase[-(g0 + t) % bs] for t in range(first, first + rest))
 
 
-def _constant(blocks: int) -> Callable[[int], int]:
-    return lambda seq_tokens: blocks
-
-
 class Scheduler:
     """Waiting queue, running requests (decode group + prefill list) and the KV pool."""
 
@@ -134,7 +130,7 @@ class Scheduler:
         speculation: Speculation | None = None,
         rng: np.random.Generator | None = None,
         prefill_only: bool = False,
-        window_blocks: int | Callable[[int], int] = 0,
+        window_blocks: Callable[[int], int] | None = None,
     ) -> None:
         verify = 1 + (speculation.num_draft_tokens if speculation else 0)
         if engine.max_num_batched_tokens < engine.max_num_seqs * verify:
@@ -152,8 +148,8 @@ class Scheduler:
         self.bs = kv.block_size
         self.window = window_tokens
         # blocks a sequence of n tokens (prompt + output) holds for its sliding-window layers
-        # (MemoryPlan.window_blocks), or one count for every sequence
-        self.window_blocks = window_blocks if callable(window_blocks) else _constant(window_blocks)
+        # (MemoryPlan.window_blocks); none without sliding layers
+        self.window_blocks = window_blocks or (lambda seq_tokens: 0)
         self.spec = speculation
         self.verify = verify
         self.lookahead = verify - 1

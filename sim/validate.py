@@ -579,6 +579,12 @@ def _has_rate(gpu: GPUSpec, name: str) -> bool:
     return not fmt.block_scaled or fmt.name in gpu.block_scaled_formats
 
 
+# engines that run a checkpoint whose activation format the GPU cannot compute in as
+# weight-only (Marlin-style kernels dequantize to 16 bits: FP8 on Ampere, FP4 on Hopper);
+# TensorRT-LLM refuses such a checkpoint instead
+WEIGHT_ONLY_FALLBACK_ENGINES = ("vllm", "sglang")
+
+
 def precision_of(row: Row, model: ModelSpec, gpu: GPUSpec) -> tuple[tuple[str, str], ...]:
     """The quantization technique's (weights, experts, activations, kv_cache) for the row."""
     names = {c: row.key(c) for c in ("weight_dtype", "activation_dtype", "kv_dtype")}
@@ -595,6 +601,8 @@ def precision_of(row: Row, model: ModelSpec, gpu: GPUSpec) -> tuple[tuple[str, s
     if model.expert_dtype != base and get_format(weights).name == model.expert_dtype:
         weights, experts = base, model.expert_dtype  # the mixed checkpoint as published
     acts = names["activation_dtype"] or (weights if _has_rate(gpu, weights) else sixteen)
+    if not _has_rate(gpu, acts) and engine_of(row, gpu)[0] in WEIGHT_ONLY_FALLBACK_ENGINES:
+        acts = sixteen if _has_rate(gpu, sixteen) else acts  # weight-only, 16-bit math
     kv = names["kv_dtype"] or default_kv_format(engine_named(row), weights, gpu, sixteen)
     return (("weights", weights), ("experts", experts), ("activations", acts), ("kv_cache", kv))
 
@@ -767,9 +775,13 @@ def cluster_of(row: Row) -> tuple[dict[str, Any], list[str]]:
     gpu, gpu_note = _profile(row, "hardware", load_gpu)
     layout = layout_of(row)
     name, batch, engine_note = engine_of(row, gpu)
-    quantization, precision_note = weight_only_fallback(
-        precision_of(row, model, gpu), name, gpu, model
-    )
+    quantization = precision_of(row, model, gpu)
+    stated, acts = row.key("activation_dtype"), dict(quantization)["activations"]
+    precision_note = ""
+    if stated and acts != stated:  # see precision_of: no such compute on this GPU
+        precision_note = (
+            f"{gpu.name} has no {stated} compute: {name} runs the weights weight-only ({acts})"
+        )
     fields = {
         "model": model.name,
         "gpu": gpu.name,
@@ -782,30 +794,6 @@ def cluster_of(row: Row) -> tuple[dict[str, Any], list[str]]:
     }
     notes = (model_note, gpu_note, layout.note, engine_note, precision_note)
     return fields, [n for n in notes if n]
-
-
-# engines that run a checkpoint whose activation format the GPU cannot compute in as
-# weight-only (Marlin-style kernels dequantize to 16 bits: FP8 on Ampere, FP4 on Hopper);
-# TensorRT-LLM refuses such a checkpoint instead
-WEIGHT_ONLY_FALLBACK_ENGINES = ("vllm", "sglang")
-
-
-def weight_only_fallback(
-    quantization: tuple[tuple[str, str], ...], engine: str, gpu: GPUSpec, model: ModelSpec
-) -> tuple[tuple[tuple[str, str], ...], str]:
-    """The row's formats, with activations at 16 bits where the GPU has no tensor-core rate
-    for the stated ones and the engine runs such weights weight-only; and a note saying so."""
-    fields = dict(quantization)
-    acts = fields["activations"]
-    if engine not in WEIGHT_ONLY_FALLBACK_ENGINES or _has_rate(gpu, acts):
-        return quantization, ""
-    base = model.checkpoint_dtype
-    sixteen = base if get_format(base).element_bits == 16 else "bf16"
-    if not _has_rate(gpu, sixteen):
-        return quantization, ""
-    fields["activations"] = sixteen
-    note = f"{gpu.name} has no {acts} compute: {engine} runs the weights weight-only ({sixteen})"
-    return tuple(fields.items()), note
 
 
 def trace_dirs() -> tuple[Path, ...]:

@@ -84,7 +84,7 @@ def test_preemption_recomputes_and_frees_every_block() -> None:
     assert steps["kv_blocks_used"].max() <= 8
 
 
-def run_with_blocks(p, reqs, num_blocks: int, window_blocks=0):  # type: ignore[no-untyped-def]
+def run_with_blocks(p, reqs, num_blocks: int, window_blocks=None):  # type: ignore[no-untyped-def]
     import simpy
 
     from sim.kv_cache import KVCache
@@ -184,7 +184,7 @@ def test_sliding_window_layers_hold_a_window_of_blocks_per_sequence() -> None:
     assert memory_plan(plan()).window_blocks_per_seq == 0  # Llama: no sliding layers
     # 24 blocks: one 64-token prompt (4 blocks) + 9 fits twice (26 > 24 does not)
     reqs = [Request(i, 0.0, input_tokens=64, output_tokens=3) for i in range(2)]
-    replica = run_with_blocks(p, reqs, num_blocks=24, window_blocks=9)
+    replica = run_with_blocks(p, reqs, num_blocks=24, window_blocks=lambda n: 9)
     steps = pd.DataFrame(replica.step_columns())
     assert steps["kv_blocks_used"].iloc[0] == 4 + 9  # the second waits for the first
     assert reqs[1].first_scheduled_at == reqs[0].finished_at
