@@ -43,6 +43,7 @@ import yaml
 import sim.hardware
 import sim.plan
 import sim.validate as validate
+from sim.config import engine_preset
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "reference"
@@ -100,8 +101,8 @@ EVERY_ROW: Callable[[validate.Row], bool] = lambda r: True  # noqa: E731
 # SGLang decodes Llama-3.1-8B at batch 1 on an H100 at 158 output tok/s (the EAGLE-3 paper's
 # baseline, calibration_scenarios.csv eagle3_sglang_h100_bs1_baseline, skipped by validate for
 # its unknown MT-bench lengths): at most 6.33 ms a token, so a step's CPU time with one request
-# in flight (step + one in-flight share, 87 us) cannot exceed it
-SGLANG_STEP_BOUND_S = 1 / 158 - 8.7e-5
+# in flight (step + the preset's in-flight share) cannot exceed it
+SGLANG_STEP_BOUND_S = 1 / 158 - engine_preset("sglang", validate.ENGINE_DIR).inflight_overhead_s
 SGLANG_STEP = ("sglang", "step_overhead_s")
 
 KNOBS = [

@@ -38,10 +38,9 @@ def quoted_statistics(notes: str) -> dict[str, float]:
     out: dict[str, float] = {}
     for stat, quantity, value in PRINTED.findall(notes):
         out[f"{quantity.lower()}_{STAT[stat.lower()]}_ms"] = float(value)
-    for quantity, mean, median, p99 in CONDENSED.findall(notes):
-        q = quantity.lower()
-        out |= {f"{q}_mean_ms": float(mean), f"{q}_p50_ms": float(median)}
-        out[f"{q}_p99_ms"] = float(p99)
+    for quantity, *values in CONDENSED.findall(notes):
+        for stat, value in zip(("mean", "p50", "p99"), values, strict=True):
+            out[f"{quantity.lower()}_{stat}_ms"] = float(value)
     return out
 
 

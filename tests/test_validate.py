@@ -424,11 +424,7 @@ def test_speculative_rows_are_simulated_and_pay_off_at_batch_one(tmp_path: Path)
         {**cells, "id": "gain", "mode": "ratio", "metric": "speedup_x", "value": "2",
          "baseline": "without speculative decoding"},
     ]  # fmt: skip
-    path = tmp_path / "spec.csv"
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=header())
-        writer.writeheader()
-        writer.writerows(rows)
+    path = write_csv(tmp_path / "spec.csv", rows)
     results = {r.id: r for r in validate.validate_file(path)}
     assert all(r.status == "ok" for r in results.values() if r.id != "spec_al")
     spec, plain, gain = results["spec"], results["plain"], results["gain"]
