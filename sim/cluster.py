@@ -43,6 +43,7 @@ from sim.config import ClusterConfig, Config, EngineConfig, LinkConfig, PoolConf
 from sim.hardware import GPUSpec, ModelSpec, load_gpu, load_model
 from sim.link import Link, Network
 from sim.plan import (
+    KV_RESERVATIONS,
     MXFP4_MOE_LAYOUTS,
     SAMPLING_MODES,
     EngineSpec,
@@ -65,6 +66,7 @@ def engine_spec(cfg: EngineConfig) -> EngineSpec:
     spec = EngineSpec(**dataclasses.asdict(cfg))  # the same fields, frozen
     choices = {
         "kv_memory_basis": ("total", "free"),
+        "kv_reservation": KV_RESERVATIONS,
         "mxfp4_moe_layout": MXFP4_MOE_LAYOUTS,
         "sampling": SAMPLING_MODES,
     }

@@ -319,6 +319,7 @@ def window_kv_ratio(plan: ReplicaPlan, kv_tok_full: float) -> float:
 
 
 MXFP4_MOE_LAYOUTS = ("checkpoint", "vllm")
+KV_RESERVATIONS = ("incremental", "full")  # vLLM allocates as it goes; TRT-LLM reserves all
 SAMPLING_MODES = ("greedy", "top_p_torch")
 
 

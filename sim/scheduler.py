@@ -139,10 +139,6 @@ class Scheduler:
                 f"engine.max_num_seqs ({engine.max_num_seqs}) x {verify} tokens verified per "
                 f"sequence, as vLLM requires"
             )
-        if engine.kv_reservation not in ("incremental", "full"):
-            raise ValueError(
-                f"engine.kv_reservation={engine.kv_reservation!r}: use incremental or full"
-            )
         self.engine = engine
         self.kv = kv
         self.bs = kv.block_size

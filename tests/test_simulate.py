@@ -159,6 +159,11 @@ def test_offline_trace_arrives_at_time_zero() -> None:
             "engine.mxfp4_moe_layout='marlin': use checkpoint or vllm",
         ),
         (
+            {"engine": EngineConfig(kv_reservation="ful")},
+            PlanError,
+            "engine.kv_reservation='ful': use incremental or full",
+        ),
+        (
             {"engine": EngineConfig(sampling="top_k")},
             PlanError,
             "engine.sampling='top_k': use greedy or top_p_torch",
