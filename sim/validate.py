@@ -145,7 +145,7 @@ from sim.config import (
 from sim.dtypes import get_format
 from sim.hardware import GPUSpec, ModelSpec, load_gpu, load_model
 from sim.metrics import itl_samples, request_metrics
-from sim.plan import cost_params, memory_plan
+from sim.plan import Speculation, cost_params, memory_plan
 from sim.simulate import simulate
 from sim.step_time import EngineOverhead, Roofline, StepShape, prefill_shapes
 from sim.trace import TRACES_DIR, LengthPairs, arrival_times, bundled
@@ -432,8 +432,9 @@ def attach_acceptance(rows: Sequence[Row]) -> list[Row]:
 
 
 def per_token_acceptance(accept_len: float, k: int) -> float:
-    """The conditional acceptance a per draft position with (1 - a^(k+1)) / (1 - a) =
-    accept_len, the mean tokens a step commits with k drafts (bisection; exact at the ends)."""
+    """The conditional acceptance a per draft position whose expected tokens a step with k
+    drafts (`Speculation.expected_tokens`, (1 - a^(k+1)) / (1 - a)) equal accept_len
+    (bisection; exact at the ends)."""
     if accept_len <= 1.0:
         return 0.0
     if accept_len >= k + 1:
@@ -441,7 +442,7 @@ def per_token_acceptance(accept_len: float, k: int) -> float:
     lo, hi = 0.0, 1.0
     for _ in range(100):
         a = (lo + hi) / 2
-        if sum(a**i for i in range(k + 1)) < accept_len:
+        if Speculation("eagle", k, (a,) * k, sampled=False).expected_tokens < accept_len:
             lo = a
         else:
             hi = a
@@ -585,8 +586,11 @@ def _has_rate(gpu: GPUSpec, name: str) -> bool:
 WEIGHT_ONLY_FALLBACK_ENGINES = ("vllm", "sglang")
 
 
-def precision_of(row: Row, model: ModelSpec, gpu: GPUSpec) -> tuple[tuple[str, str], ...]:
-    """The quantization technique's (weights, experts, activations, kv_cache) for the row."""
+def precision_of(
+    row: Row, model: ModelSpec, gpu: GPUSpec, engine: str
+) -> tuple[tuple[str, str], ...]:
+    """The quantization technique's (weights, experts, activations, kv_cache) for the row,
+    served by the `engine` preset (`engine_of`)."""
     names = {c: row.key(c) for c in ("weight_dtype", "activation_dtype", "kv_dtype")}
     for column, name in names.items():
         if name:
@@ -601,9 +605,9 @@ def precision_of(row: Row, model: ModelSpec, gpu: GPUSpec) -> tuple[tuple[str, s
     if model.expert_dtype != base and get_format(weights).name == model.expert_dtype:
         weights, experts = base, model.expert_dtype  # the mixed checkpoint as published
     acts = names["activation_dtype"] or (weights if _has_rate(gpu, weights) else sixteen)
-    if not _has_rate(gpu, acts) and engine_of(row, gpu)[0] in WEIGHT_ONLY_FALLBACK_ENGINES:
+    if not _has_rate(gpu, acts) and engine in WEIGHT_ONLY_FALLBACK_ENGINES:
         acts = sixteen if _has_rate(gpu, sixteen) else acts  # weight-only, 16-bit math
-    kv = names["kv_dtype"] or default_kv_format(engine_named(row), weights, gpu, sixteen)
+    kv = names["kv_dtype"] or default_kv_format(engine, weights, gpu, sixteen)
     return (("weights", weights), ("experts", experts), ("activations", acts), ("kv_cache", kv))
 
 
@@ -775,7 +779,7 @@ def cluster_of(row: Row) -> tuple[dict[str, Any], list[str]]:
     gpu, gpu_note = _profile(row, "hardware", load_gpu)
     layout = layout_of(row)
     name, batch, engine_note = engine_of(row, gpu)
-    quantization = precision_of(row, model, gpu)
+    quantization = precision_of(row, model, gpu, name)
     stated, acts = row.key("activation_dtype"), dict(quantization)["activations"]
     precision_note = ""
     if stated and acts != stated:  # see precision_of: no such compute on this GPU

@@ -342,7 +342,8 @@ def test_precision_rules() -> None:
     gpt_oss, llama = load_model("gpt-oss-120b"), load_model("llama-3.1-8b")
 
     def prec(model: Any, gpu: Any, **cells: str) -> dict[str, str]:
-        return dict(validate.precision_of(row(**cells), model, gpu))
+        r = row(**cells)
+        return dict(validate.precision_of(r, model, gpu, validate.engine_of(r, gpu)[0]))
 
     native = prec(gpt_oss, h100, weight_dtype="mxfp4")
     assert native == {
