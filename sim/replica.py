@@ -190,6 +190,16 @@ class Replica:
                 f"prompt+output {total} tokens exceeds max_model_len {self.max_len} of "
                 f"{self.plan.model.name}"
             )
+        engine = self.plan.engine
+        receives_kv = self.on_reserve is not None  # a decode replica never computes the prompt
+        if not engine.enable_chunked_prefill and not receives_kv:
+            budget = engine.max_num_batched_tokens
+            if request.input_tokens > budget:
+                return (
+                    f"prompt {request.input_tokens} tokens exceeds "
+                    f"engine.max_num_batched_tokens {budget} with chunked prefill off; set "
+                    f"engine.enable_chunked_prefill=true or raise engine.max_num_batched_tokens"
+                )
         if self.prefill_only:  # holds the prompt only
             total = request.input_tokens + 1
         if total > self.memory.kv_capacity_tokens:

@@ -2,7 +2,9 @@
 
 Each step, running requests first, in admission order, each get the tokens they still need
 (1 when decoding, the rest of the prompt when prefilling) until the token budget
-(`max_num_batched_tokens`) runs out; chunked prefill cuts a prompt at the budget. KV blocks
+(`max_num_batched_tokens`) runs out; chunked prefill cuts a prompt at the budget (without it
+a prompt waits until it fits whole, and a replica rejects prompts longer than the budget at
+submission; a recompute after preemption that exceeds it runs alone). KV blocks
 are allocated for the tokens scheduled; when they run out, the most recently admitted
 request is preempted (blocks freed, recomputed later from scratch). If nobody was
 preempted, waiting requests are admitted first-come-first-served while sequences
@@ -499,9 +501,13 @@ class Scheduler:
                 hits, idle = kv.match(keys, (tokens - 1) // (bs * kv.unit_blocks))
             cached = hits * kv.unit_blocks * bs
             todo = tokens - cached
-            if not e.enable_chunked_prefill and todo > budget:
-                break
             q = min(todo, budget)
+            if not e.enable_chunked_prefill and todo > budget:
+                # unchunked, it waits for room; one that can never fit the budget (recomputing
+                # a prompt and its output after preemption) runs alone when nothing else runs
+                if todo <= e.max_num_batched_tokens or self.running or chunks:
+                    break
+                q = todo
             if self.incremental:
                 table = ceil_div(cached + q, bs)
             else:  # the whole sequence, plus room to verify k drafts

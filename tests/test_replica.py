@@ -321,3 +321,35 @@ def test_stretches_equal_stepping_with_batch_waiting() -> None:
     ttft = a.requests["first_token_at"] - a.requests["arrival_at"]
     plain_ttft = plain.requests["first_token_at"] - plain.requests["arrival_at"]
     assert ttft.mean() > plain_ttft.mean()
+
+
+def test_unchunked_prompt_longer_than_the_budget_is_rejected_with_the_fix() -> None:
+    # without chunked prefill a 150-token prompt can never fit a 100-token step: rejected at
+    # submission (it used to wait forever); the 50-token one runs: prefill, then one decode
+    p = plan(enable_chunked_prefill=False, max_num_batched_tokens=100, max_num_seqs=4)
+    long, short = Request(0, 0.0, 150, 2), Request(1, 0.0, 50, 2)
+    run_requests(p, LinearStepModel(0.01), [long, short])
+    assert long.status == "rejected"
+    assert long.reason == (
+        "prompt 150 tokens exceeds engine.max_num_batched_tokens 100 with chunked prefill off; "
+        "set engine.enable_chunked_prefill=true or raise engine.max_num_batched_tokens"
+    )
+    assert short.status == "finished"
+    assert (short.first_token_at, short.finished_at) == (pytest.approx(0.01), pytest.approx(0.02))
+
+
+def test_unchunked_recompute_longer_than_the_budget_runs_alone() -> None:
+    # budget 62, 8 blocks of 16. a prefills (60) in step 1; b (60) joins in step 2; when a's
+    # context needs a 5th block (step 6) b is preempted with 4 tokens out: its recompute of
+    # 64 tokens can never fit 62, so it runs alone once a has finished, then decodes
+    p = plan(enable_chunked_prefill=False, max_num_batched_tokens=62, max_num_seqs=4)
+    a, b = Request(0, 0.0, 60, 40), Request(1, 0.0, 60, 40)
+    replica = run_with_blocks(p, [a, b], num_blocks=8)
+    assert a.status == b.status == "finished"
+    assert (a.num_preemptions, b.num_preemptions) == (0, 1)
+    steps = pd.DataFrame(replica.step_columns())
+    recompute = steps[steps["num_prefill_tokens"] == 64]
+    assert len(recompute) == 1
+    assert recompute["num_seqs"].iloc[0] == 1
+    assert recompute["start_at"].iloc[0] == pytest.approx(a.finished_at)
+    assert replica.kv.num_free == 8
