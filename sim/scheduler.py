@@ -294,10 +294,24 @@ class Scheduler:
             self.prefilling.remove(r)
             left = r.input_tokens + r.num_output_done - r.computed
         self.prefill_left += r.input_tokens + r.num_output_done - left
+        if self.kv.prefix_caching and not r.prefix_hashes and self.kv.unit_blocks == 1:
+            self._keep_own_blocks(r)
         self._release(r)
         r.computed = 0
         r.num_preemptions += 1
         self.waiting.appendleft(r)
+
+    def _keep_own_blocks(self, r: Request) -> None:
+        """Index a preempted request's full blocks under keys of its own (a prompt without
+        hash ids shares nothing, but with prefix caching its blocks stay cached after the
+        preemption, as vLLM's hash of every full block keeps them): released tail first,
+        they are evicted tail first, and readmission recomputes only what was evicted."""
+        keys = r.block_keys or []
+        full = r.computed // self.bs
+        for j in range(len(keys), full):
+            keys.append(("own", r.request_id, j))
+        r.block_keys = keys
+        self._register(r)
 
     def _window_blocks(self, r: Request) -> int:
         return self.window_blocks(r.input_tokens + r.output_tokens)
@@ -495,7 +509,7 @@ class Scheduler:
                 continue
             tokens = r.input_tokens + r.num_output_done
             hits = idle = 0
-            if kv.prefix_caching and r.prefix_hashes:
+            if kv.prefix_caching and (r.prefix_hashes or r.block_keys):
                 # at least the last prompt token is computed, to produce the next token
                 keys = self._block_keys(r)
                 hits, idle = kv.match(keys, (tokens - 1) // (bs * kv.unit_blocks))

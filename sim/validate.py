@@ -73,6 +73,9 @@ Mapping of a row onto a `Config` (every choice here, nothing per row):
   state is honoured where the engine model has it (`STATED_FLAGS`: vLLM v0's
   `--num-scheduler-steps N`, multi-step scheduling, becomes engine.num_scheduler_steps=N,
   said in the printed line). Nothing else is tuned per row.
+- **Prefix caching** is on for every row (the engines' default: vLLM v1
+  enable_prefix_caching, SGLang's radix cache, TensorRT-LLM's KV block reuse); prompts without
+  hash ids share nothing, but a preempted request keeps its cached blocks.
 - **Layout.** tp blank: num_gpus / (pp.dp); num_gpus blank: tp.pp.dp. pp and ep go to
   `ClusterConfig.pp` / `.ep` (a row needing a field the config lacks is skipped). dp > 1 with
   ep > 1 (experts spread over the dp ranks, ep = tp.dp) is attention data parallelism inside one
@@ -848,6 +851,9 @@ def setup_of(
     common, notes = cluster_of(row)
     notes += trace_note
     common["traffic"] = traffic
+    # the three engines cache prefixes by default (vLLM v1 enable_prefix_caching, SGLang's
+    # radix cache, TensorRT-LLM's KV block reuse)
+    common["prefix_caching"] = "on"
     if speculative:
         common["speculative"] = tuple(speculative.items())
         notes.append(

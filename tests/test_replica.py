@@ -115,7 +115,8 @@ def test_stretches_give_exactly_the_numbers_of_stepping(model: str) -> None:
     pd.testing.assert_frame_equal(a.steps, b.steps, check_exact=True)
 
 
-def test_stretches_equal_stepping_under_preemption() -> None:
+@pytest.mark.parametrize("technique", [{}, {"prefix_caching": {}}])
+def test_stretches_equal_stepping_under_preemption(technique: dict[str, object]) -> None:
     from sim.config import EngineConfig
     from sim.simulate import simulate
     from tests.factories import small_config
@@ -123,7 +124,7 @@ def test_stretches_equal_stepping_under_preemption() -> None:
     engine = EngineConfig(gpu_memory_utilization=0.26, max_num_seqs=256)
 
     def run(fast: bool):  # type: ignore[no-untyped-def]
-        return simulate(small_config(engine=engine, fast_forward=fast))
+        return simulate(small_config(engine=engine, technique=technique, fast_forward=fast))
 
     a, b = run(True), run(False)
     assert a.requests["num_preemptions"].sum() > 0
@@ -352,4 +353,34 @@ def test_unchunked_recompute_longer_than_the_budget_runs_alone() -> None:
     assert len(recompute) == 1
     assert recompute["num_seqs"].iloc[0] == 1
     assert recompute["start_at"].iloc[0] == pytest.approx(a.finished_at)
+    assert replica.kv.num_free == 8
+
+
+@pytest.mark.parametrize(("prefix_caching", "recomputed"), [(False, 64), (True, 48)])
+def test_a_preempted_request_keeps_its_cached_blocks(prefix_caching: bool, recomputed: int) -> None:
+    # unchunked budget 100, 8 blocks of 16. a prefills 60 (step 1); b prefills 60 (step 2);
+    # at step 6 a's context needs a 5th block: b (63 computed, 4 tokens out) is preempted.
+    # With prefix caching its 3 full blocks stay cached, released tail first; a's 6th and
+    # 7th blocks evict two of them, so when a finishes only b's first block is left: b
+    # recomputes 64 - 16 = 48 tokens instead of all 64
+    import simpy
+
+    from sim.kv_cache import KVCache
+    from sim.replica import Replica
+    from sim.scheduler import Scheduler
+
+    p = plan(enable_chunked_prefill=False, max_num_batched_tokens=100, max_num_seqs=4)
+    env = simpy.Environment()
+    replica = Replica(env, 0, p, LinearStepModel(0.01))
+    replica.kv = KVCache(8, p.engine.block_size, prefix_caching)
+    replica.scheduler = Scheduler(p.engine, replica.kv)
+    a, b = Request(0, 0.0, 60, 40), Request(1, 0.0, 60, 40)
+    for r in (a, b):
+        replica.submit(r)
+    env.run()
+    assert a.status == b.status == "finished"
+    assert (a.num_preemptions, b.num_preemptions, b.cached_tokens) == (0, 1, 0)
+    steps = pd.DataFrame(replica.step_columns())
+    prefills = steps.loc[steps["num_prefill_tokens"] > 0, "num_prefill_tokens"].tolist()
+    assert prefills == [60, 60, recomputed]
     assert replica.kv.num_free == 8

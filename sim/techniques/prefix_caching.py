@@ -3,11 +3,13 @@
 Changes: admission (cached leading blocks are shared, not recomputed: prefill tokens and
 TTFT drop; at least the last prompt token is always computed), KV memory (shared blocks
 are held once; a finished request's indexed blocks stay cached until evicted, least
-recently used first). Needs requests with prefix hash ids (Mooncake traces, the synthetic
-session generator); others are unaffected. It interacts through the shared memory model:
-a smaller KV format (technique quantization, kv_cache=fp8) means more blocks, so more
-cached prefixes fit. `unbounded: true` gives every replica an effectively infinite KV pool,
-for measuring a trace's ideal hit ratio.
+recently used first). Sharing needs requests with prefix hash ids (Mooncake traces, the
+synthetic session generator); a request without them shares nothing, but when it is
+preempted its full blocks stay cached under keys of its own (as vLLM hashes every full
+block), so readmission recomputes only the blocks evicted meanwhile. It interacts through
+the shared memory model: a smaller KV format (technique quantization, kv_cache=fp8) means
+more blocks, so more cached prefixes fit. `unbounded: true` gives every replica an
+effectively infinite KV pool, for measuring a trace's ideal hit ratio.
 """
 
 from __future__ import annotations
