@@ -153,7 +153,8 @@ def predict(gpu: GPUSpec, rec: dict[str, str]) -> float | None:
         if kind == "decode_step":
             shape = StepShape(batch, batch, batch * (context + 1), batch * context)
         else:
-            shape = StepShape(m, 1, m * (m + 1) // 2, 0)
+            pairs = m * (m + 1) // 2
+            shape = StepShape(m, 1, pairs, 0, 0, 0, pairs, m)
         return roof.step_seconds(shape)
     return None
 

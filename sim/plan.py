@@ -439,6 +439,9 @@ class CostParams:
     allreduce_bytes_per_s: float  # algorithm bandwidth for one all-reduce
     expert_rate_flops_per_s: float = 0.0  # routed-expert GEMMs (0 = gemm_rate_flops_per_s)
     expert_load_factor: float = 1.0  # busiest EP rank's expert work over the mean (1 + skew)
+    # prompt tokens' attention where it differs from decode's (MLA: prefill runs unabsorbed,
+    # K and V expanded per head; decode runs in the latent space); 0 = attn_flops_per_pair
+    attn_flops_per_pair_prefill: float = 0.0
     gemm_pad_tokens: float = 0.0  # GEMM-shape cost: M tokens compute as M + this (per GEMM)
     attn_pad_pairs_per_token: float = 0.0  # attention's per-query-token cost, in pairs
     floor_s: float = 0.0  # per-step GPU time no batch shape removes: layers x layer floor
@@ -525,6 +528,11 @@ def cost_params(plan: ReplicaPlan) -> CostParams:
         lm_head_flops_per_sample=2.0 * lm_params * s / work,
         lm_head_bytes=lm_params * wb * s / tp,
         attn_flops_per_pair=pair * full_layers * s / dp,
+        attn_flops_per_pair_prefill=(
+            m.prefill_attention_flops_per_pair_per_layer / tp * full_layers * s / dp
+            if m.is_mla
+            else 0.0
+        ),
         attn_flops_per_pair_window=pair * m.num_sliding_layers * s / dp,
         window_tokens=m.sliding_window,
         kv_bytes_per_token=kv_tok_full,

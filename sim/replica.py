@@ -302,6 +302,8 @@ class Replica:
                 shape.kv_read_tokens,
                 shape.attn_pairs_window,
                 shape.kv_read_tokens_window,
+                shape.prefill_pairs,
+                shape.prefill_tokens,
             )
             duration = self.overhead.step_seconds(gpu_s, cpu_s)
             start = self.clock

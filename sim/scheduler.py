@@ -550,17 +550,26 @@ class Scheduler:
         ctx = self.k_dec + self.r_dec * self.g  # Σ context of the decode group
         pairs, read = v * ctx + n * v * (v + 1) // 2, ctx
         decode_tokens = round(self.emitted + self.r_dec) - round(self.emitted)
-        prefill_tokens = samples = 0
+        prefill_tokens = samples = prefill_pairs = 0
         for r, q in chunks:
             c = r.computed
-            pairs += q * c + q * (q + 1) // 2
+            prefill_pairs += q * c + q * (q + 1) // 2
             read += c
             prefill_tokens += q
             samples += c + q == r.input_tokens + r.num_output_done
         pairs_w = read_w = 0
         if self.window:
             pairs_w, read_w = self._window_counts(chunks)
-        shape = StepShape(n * v + prefill_tokens, n * v + samples, pairs, read, pairs_w, read_w)
+        shape = StepShape(
+            n * v + prefill_tokens,
+            n * v + samples,
+            pairs + prefill_pairs,
+            read,
+            pairs_w,
+            read_w,
+            prefill_pairs,
+            prefill_tokens,
+        )
         pure = not chunks and not preempted and n > 0
         return StepPlan(
             shape,

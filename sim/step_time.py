@@ -20,6 +20,11 @@ and its grouped GEMM computes rows(m) = min(max(16, 1.5·m), m + pad) rows: the 
 a token tile to fit m (`expert_gemm_rows`). `layer_floor` (per GPU profile) is GPU time a
 layer costs whatever the batch; overlap scheduling cannot hide it. `apad` (measured,
 `sim.plan.ATTENTION_PAD_PAIRS_PER_TOKEN`) is attention's fixed work per query token.
+F_pair is per pair of decode tokens; prompt tokens (the step's prefill pairs and tokens)
+cost F_pair_prefill where a model sets it: MLA (DeepSeek-V2/V3) decodes in the latent space
+(278,528 FLOPs per pair and layer for DeepSeek-V3) but prefills with K and V expanded per
+head (81,920), as vLLM, SGLang and TensorRT-LLM do (left out: expanding a chunk's cached
+latent context to K and V, a GEMM of about 4 % of that chunk's attention at 32K tokens).
 
 All constants are one GPU's share of one pipeline stage (`sim.plan.cost_params`). With EP
 the busiest rank sets the pace: the expert term sees T·(1 + skew) tokens. With pp stages
@@ -69,6 +74,8 @@ class StepShape(NamedTuple):
     kv_read_tokens: float  # Σ context KV tokens read (excl. this step's new tokens)
     attn_pairs_window: int = 0  # same, capped at the sliding window
     kv_read_tokens_window: int = 0
+    prefill_pairs: float = 0  # the part of attn_pairs from prompt tokens (prefill chunks)
+    prefill_tokens: int = 0  # the prompt tokens among num_tokens
 
 
 class EngineOverhead(NamedTuple):
@@ -120,7 +127,14 @@ class StepTimeModel(Protocol):
 
     @overload
     def attention_seconds(
-        self, num_tokens: int, pairs: float, read: float, pairs_w: int, read_w: int
+        self,
+        num_tokens: int,
+        pairs: float,
+        read: float,
+        pairs_w: int,
+        read_w: int,
+        prefill_pairs: float = 0,
+        prefill_tokens: int = 0,
     ) -> float: ...
 
     @overload
@@ -217,7 +231,14 @@ class Roofline:
 
     @overload
     def attention_seconds(
-        self, num_tokens: int, pairs: float, read: float, pairs_w: int, read_w: int
+        self,
+        num_tokens: int,
+        pairs: float,
+        read: float,
+        pairs_w: int,
+        read_w: int,
+        prefill_pairs: float = 0,
+        prefill_tokens: int = 0,
     ) -> float: ...
 
     @overload
@@ -231,15 +252,29 @@ class Roofline:
     ) -> np.ndarray: ...
 
     def attention_seconds(
-        self, num_tokens: int, pairs: Any, read: Any, pairs_w: Any, read_w: Any
+        self,
+        num_tokens: int,
+        pairs: Any,
+        read: Any,
+        pairs_w: Any,
+        read_w: Any,
+        prefill_pairs: float = 0,
+        prefill_tokens: int = 0,
     ) -> Any:
-        """Attention compute vs KV traffic; scalars or same-shape arrays (pairs, read, ...)."""
+        """Attention compute vs KV traffic; scalars or same-shape arrays (pairs, read, ...).
+
+        `prefill_pairs` and `prefill_tokens` (the prompt tokens' share of pairs and
+        num_tokens) cost attn_flops_per_pair_prefill where the model sets it (MLA).
+        """
         p = self.p
         mx = np.maximum if isinstance(pairs, np.ndarray) else max
         pad = p.attn_pad_pairs_per_token * num_tokens  # each query token's fixed work
-        flops = p.attn_flops_per_pair * (pairs + pad) + p.attn_flops_per_pair_window * (
-            pairs_w + pad
-        )
+        if p.attn_flops_per_pair_prefill and prefill_tokens:
+            pre = prefill_pairs + p.attn_pad_pairs_per_token * prefill_tokens
+            full = p.attn_flops_per_pair * (pairs + pad - pre) + p.attn_flops_per_pair_prefill * pre
+        else:
+            full = p.attn_flops_per_pair * (pairs + pad)
+        flops = full + p.attn_flops_per_pair_window * (pairs_w + pad)
         kv = p.kv_bytes_per_token * (read + num_tokens)
         kv = kv + p.kv_bytes_per_token_window * (read_w + num_tokens)
         t = mx(flops / p.attn_rate_flops_per_s, kv / p.hbm_bytes_per_s)
@@ -282,6 +317,8 @@ class Roofline:
             shape.kv_read_tokens,
             shape.attn_pairs_window,
             shape.kv_read_tokens_window,
+            shape.prefill_pairs,
+            shape.prefill_tokens,
         )
 
 
@@ -327,4 +364,4 @@ def prefill_shapes(
             done[i] += q
             samples += done[i] == prompt
         nxt += samples
-        yield StepShape(tokens, samples, pairs, read, pairs_w, read_w), len(chunks)
+        yield StepShape(tokens, samples, pairs, read, pairs_w, read_w, pairs, tokens), len(chunks)

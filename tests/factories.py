@@ -47,7 +47,7 @@ class LinearStepModel:
     def token_seconds(self, num_tokens: int, num_samples: int) -> float:
         return self.a + self.b * num_tokens
 
-    def attention_seconds(self, num_tokens, pairs, read, pairs_w, read_w):  # type: ignore[no-untyped-def]
+    def attention_seconds(self, num_tokens, pairs, read, pairs_w, read_w, pp=0, pt=0):  # type: ignore[no-untyped-def]
         return 0.0 * pairs
 
     def decode_seconds(self, fixed_s, num_tokens, contexts, verify, pairs_extra):  # type: ignore[no-untyped-def]

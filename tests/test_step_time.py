@@ -184,3 +184,40 @@ def test_top_p_sampling_cost_by_hand() -> None:
     draft = draft_cost_params(dataclasses.replace(plan(sampling="top_p_torch"), speculation=spec))
     assert draft is not None
     assert (draft.sampling_fixed_s, draft.sampling_s_per_sample) == (0.0, 0.0)
+
+
+def test_mla_prefill_attention_runs_unabsorbed_and_decode_in_the_latent_space() -> None:
+    # DeepSeek-V3 (config.json): 128 heads, 61 layers, kv_lora_rank 512, qk_rope 64,
+    # qk_nope 128, v_head_dim 128. Decode attends in the latent space: per pair and layer
+    # 2·128·(512 + 64) + 2·128·512 = 278,528 FLOPs; a prompt token attends with K and V
+    # expanded per head: 2·128·(128 + 64) + 2·128·128 = 81,920. On 8 H200s, 16 heads a GPU.
+    p = plan("DeepSeek-V3", "H200", tp=8)
+    c = cost_params(p)
+    assert c.attn_flops_per_pair == 278_528 / 8 * 61
+    assert c.attn_flops_per_pair_prefill == 81_920 / 8 * 61
+    model = Roofline(c)
+    # a step of 4 decoding sequences (1000 of context) and one 2048-token prompt chunk
+    # after 4096 computed tokens: only the attention terms differ
+    dec_pairs, pre_pairs = 4 * 1001, 2048 * 4096 + 2048 * 2049 // 2
+    shape = StepShape(4 + 2048, 5, dec_pairs + pre_pairs, 4 * 1000 + 4096, 0, 0, pre_pairs, 2048)
+    rate = c.attn_rate_flops_per_s
+    flops = c.attn_flops_per_pair * (dec_pairs + APAD * 4) + c.attn_flops_per_pair_prefill * (
+        pre_pairs + APAD * 2048
+    )
+    kv = c.kv_bytes_per_token * (4 * 1000 + 4096 + 2052)
+    attention = max(flops / rate, kv / c.hbm_bytes_per_s)
+    assert model.step_seconds(shape) == pytest.approx(
+        model.token_seconds(2052, 5) + attention, rel=1e-12
+    )
+    # counted as decode, the prompt's attention would cost 278,528 / 81,920 = 3.4x as much
+    as_decode = shape._replace(prefill_pairs=0, prefill_tokens=0)
+    others = model.token_seconds(2052, 5)
+    ratio = (model.step_seconds(as_decode) - others) / (model.step_seconds(shape) - others)
+    assert 3.3 < ratio < 278_528 / 81_920
+
+
+def test_gqa_attention_is_the_same_for_prompt_and_decode_tokens() -> None:
+    model = Roofline(cost_params(plan()))
+    pairs = 2048 * 2049 // 2
+    split = StepShape(2048, 1, pairs, 0, 0, 0, pairs, 2048)
+    assert model.step_seconds(split) == model.step_seconds(StepShape(2048, 1, pairs, 0))
