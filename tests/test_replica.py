@@ -384,3 +384,19 @@ def test_a_preempted_request_keeps_its_cached_blocks(prefix_caching: bool, recom
     prefills = steps.loc[steps["num_prefill_tokens"] > 0, "num_prefill_tokens"].tolist()
     assert prefills == [60, 60, recomputed]
     assert replica.kv.num_free == 8
+
+
+def test_a_request_whose_blocks_can_never_fit_is_rejected() -> None:
+    # 8 blocks of 16 (128 tokens) and 3 sliding-window blocks a sequence: 100 + 10 tokens
+    # fit the token count but need ceil(109 / 16) + 3 = 10 blocks (it used to wait forever);
+    # 40 + 10 need 4 + 3 = 7 and run
+    p = plan(max_num_batched_tokens=256)
+    big, small = Request(0, 0.0, 100, 10), Request(1, 0.0, 40, 10)
+    replica = run_with_blocks(p, [big, small], num_blocks=8, window_blocks=lambda n: 3)
+    assert big.status == "rejected"
+    assert big.reason == (
+        "prompt+output 110 tokens need 10 KV blocks here (sliding-window layers, reservation "
+        "and draft lookahead included) and one replica has 8"
+    )
+    assert small.status == "finished"
+    assert replica.kv.num_free == 8
