@@ -29,6 +29,7 @@ driver carries each request through the handoff; no replica calls the router:
 
 from __future__ import annotations
 
+import difflib
 import gc
 import math
 import sys
@@ -96,8 +97,19 @@ def to_config(cfg: Config | DictConfig) -> Config:
     return obj
 
 
-def _resolve(name: str) -> Path:
-    return bundled(name) if name in BUNDLED_FILES else Path(name)
+def _resolve(name: str, key: str) -> Path:
+    """A bundled trace name or an existing file; a clear error naming both otherwise."""
+    if name in BUNDLED_FILES:
+        return bundled(name)
+    path = Path(name)
+    if not path.is_file():
+        close = difflib.get_close_matches(name, list(BUNDLED_FILES), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(
+            f"{key}={name!r} is neither a bundled trace{hint} nor an existing file; bundled: "
+            f"{', '.join(BUNDLED_FILES)}, or give a path to a .csv or .jsonl trace"
+        )
+    return path
 
 
 def _length_dist(cfg: LengthConfig, what: str) -> LengthDist:
@@ -114,13 +126,13 @@ def _length_dist(cfg: LengthConfig, what: str) -> LengthDist:
 def build_trace(cfg: WorkloadConfig, rng: np.random.Generator) -> Trace:
     """The workload as a Trace: a (windowed, rate-scaled) file, or a synthetic draw."""
     if cfg.kind == "trace":
-        trace = load_trace(_resolve(cfg.trace))
+        trace = load_trace(_resolve(cfg.trace, "workload.trace"))
         if cfg.start_s or cfg.end_s is not None:
             end = float("inf") if cfg.end_s is None else cfg.end_s
             trace = trace.window(cfg.start_s, end)
     elif cfg.kind == "synthetic":
         lengths: dict[str, Any] = (
-            {"pairs": LengthPairs.from_csv(_resolve(cfg.lengths_file))}
+            {"pairs": LengthPairs.from_csv(_resolve(cfg.lengths_file, "workload.lengths_file"))}
             if cfg.lengths_file
             else {
                 "input_dist": _length_dist(cfg.input, "input"),

@@ -168,7 +168,16 @@ def test_offline_trace_arrives_at_time_zero() -> None:
             PlanError,
             "engine.sampling='top_k': use greedy or top_p_torch",
         ),
-        ({"workload": WorkloadConfig(kind="trace", trace="nope.csv")}, Exception, "nope.csv"),
+        (
+            {"workload": WorkloadConfig(kind="trace", trace="nope.csv")},
+            ValueError,
+            "workload.trace='nope.csv' is neither a bundled trace nor an existing file",
+        ),
+        (
+            {"workload": WorkloadConfig(kind="trace", trace="azure_cnv")},
+            ValueError,
+            "did you mean 'azure_conv'",
+        ),
         ({"workload": WorkloadConfig(kind="replay")}, ValueError, "workload.kind='replay'"),
     ],
 )
