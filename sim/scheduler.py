@@ -6,7 +6,8 @@ Each step, running requests first, in admission order, each get the tokens they 
 a prompt waits until it fits whole, and a replica rejects prompts longer than the budget at
 submission; a recompute after preemption that exceeds it runs alone). KV blocks
 are allocated for the tokens scheduled; when they run out, the most recently admitted
-request is preempted (blocks freed, recomputed later from scratch). If nobody was
+request is preempted (blocks freed, recomputed later from scratch; with prefix caching its
+full blocks stay cached, and only those evicted meanwhile are recomputed). If nobody was
 preempted, waiting requests are admitted first-come-first-served while sequences
 (`max_num_seqs`), budget and blocks allow.
 
