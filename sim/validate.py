@@ -11,7 +11,8 @@ last line is always
 over the absolute percentage errors of the `n` rows compared; `m` counts the `simulatable=yes`
 rows that could not be expressed (each printed with its reason). `simulatable=no` rows are
 listed with the file's `why_not` and not counted. A malformed file (missing column, a
-non-numeric or negative number, an unknown mode) is one error line naming the file line, the
+non-numeric or negative number, a count, layout size or length below 1, an unknown mode) is
+one error line naming the file line, the
 row id and the column, exit status 2. An unexpected exception inside the simulator skips
 the rows of that setup with the error as the reason and makes the exit status 1.
 
@@ -168,7 +169,10 @@ INT_COLUMNS = (
     *("num_gpus", "tp", "pp", "ep", "dp", "concurrency", "num_requests", "batch_size", "spec_k"),
 )
 FLOAT_COLUMNS = ("request_rate", "input_len", "output_len", "value")
-AT_LEAST_ONE = frozenset({"num_gpus", "tp", "pp", "ep", "dp", "batch_size"})
+# (a request has at least one prompt token and one output token)
+AT_LEAST_ONE = frozenset(
+    {"num_gpus", "tp", "pp", "ep", "dp", "batch_size", "input_len", "output_len"}
+)
 MODES = ("offline", "poisson", "concurrency", "single_batch", "ratio", "trace")
 SERVING_MODES = ("offline", "poisson", "concurrency", "trace")
 # the file format's per-request latency metrics, plus the other percentiles and units the

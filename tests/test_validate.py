@@ -247,6 +247,8 @@ def test_non_numeric_request_rate_names_row_line_and_column(
         ("concurrency", "2.5", "a whole number"),
         ("mode", "streaming", "'mode' is 'streaming'"),
         ("simulatable", "maybe", "'simulatable'"),
+        ("input_len", "0", "'input_len' is '0', expected a number >= 1"),
+        ("output_len", "0.5", "'output_len' is '0.5', expected a number >= 1"),
     ],
 )
 def test_bad_values_are_errors(tmp_path: Path, column: str, value: str, expected: str) -> None:
