@@ -18,7 +18,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from sim.config import register_configs
+from sim.config import override_error, register_configs
 from sim.hardware import ProfileError
 from sim.metrics import SLO, cluster_stats, format_cluster, format_summary, summarize
 from sim.plan import PlanError
@@ -107,6 +107,11 @@ def _dispatch() -> None:
         from sim.planner import main as plan_main
 
         raise SystemExit(plan_main(sys.argv[2:]))
+    for arg in sys.argv[1:]:  # a mistyped key: our message, before Hydra's
+        problem = override_error(arg)
+        if problem:
+            print(f"servesim: error: {problem}", file=sys.stderr)
+            raise SystemExit(2)
     register_configs()
     main()
 

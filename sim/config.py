@@ -1,12 +1,17 @@
 """Structured configs (Hydra schema): YAML values in, typed dataclasses out.
 
 The values live in `experiments/` (config groups hardware, model, cluster, topology, engine,
-router, workload, technique); these dataclasses are the schema Hydra checks them against, so a
-typo in a key is Hydra's error naming the key, never a traceback from the simulator.
+router, workload, technique); these dataclasses are the schema Hydra checks them against.
+A mistyped command-line key is caught before Hydra (`override_error`: the key and the closest
+known one); one in a YAML file is Hydra's error naming the key. Never a traceback from the
+simulator.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -195,3 +200,34 @@ def engine_preset(name: str, presets_dir: Path | None = None) -> EngineConfig:
 
 def register_configs() -> None:
     ConfigStore.instance().store(name="servesim_schema", node=Config)
+
+
+CONFIG_GROUPS_DIR = Path(__file__).resolve().parent.parent / "experiments"
+
+
+def override_error(arg: str) -> str:
+    """'' if a command-line override names a key of the schema (or a config group); else an
+    error naming the key and the closest known one. Appends (+), deletions (~), Hydra's own
+    keys and the free-form `technique` section are left to Hydra and the techniques."""
+    key, sep, _ = arg.partition("=")
+    if not sep or key.startswith(("-", "+", "~", "hydra")):
+        return ""
+    parts = key.split(".")
+    groups = {d.name for d in CONFIG_GROUPS_DIR.iterdir() if d.is_dir()}
+    if len(parts) == 1 and parts[0] in groups:
+        return ""
+    cls: Any = Config
+    for depth, part in enumerate(parts):
+        if not dataclasses.is_dataclass(cls):
+            where = ".".join(parts[:depth])
+            return f"{where} is a value, not a section: {key!r} has no key {part!r}"
+        hints = typing.get_type_hints(cls)
+        if part not in hints:
+            section = ".".join(parts[:depth]) or "the top level"
+            close = difflib.get_close_matches(part, list(hints), n=1)
+            hint = f"; did you mean {'.'.join([*parts[:depth], close[0]])!r}?" if close else ""
+            return f"unknown config key {key!r}{hint} (keys of {section}: {', '.join(hints)})"
+        cls = hints[part]
+        if typing.get_origin(cls) is dict:  # free-form (technique): checked where it is used
+            return ""
+    return ""
