@@ -306,7 +306,9 @@ class Scheduler:
         """Index a preempted request's full blocks under keys of its own (a prompt without
         hash ids shares nothing, but with prefix caching its blocks stay cached after the
         preemption, as vLLM's hash of every full block keeps them): released tail first,
-        they are evicted tail first, and readmission recomputes only what was evicted."""
+        they are evicted tail first, and readmission recomputes only what was evicted. (A
+        run's requests carry hash ids all or none, as the trace loaders and the session
+        generator make them, so these one-block keys never share a pool with coarser ones.)"""
         keys = r.block_keys or []
         full = r.computed // self.bs
         for j in range(len(keys), full):
