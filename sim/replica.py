@@ -27,7 +27,7 @@ import simpy
 from sim.kv_cache import KVCache
 from sim.plan import ReplicaPlan, max_model_len, memory_plan
 from sim.request import Request
-from sim.scheduler import Scheduler, StepPlan, Stretch, ceil_div
+from sim.scheduler import Scheduler, StepPlan, Stretch
 from sim.step_time import EngineOverhead, StepTimeModel
 
 STEP_COLUMNS = (
@@ -207,7 +207,7 @@ class Replica:
                 f"prompt+output {total} tokens exceeds the KV cache of one replica "
                 f"({self.memory.kv_capacity_tokens} tokens)"
             )
-        blocks, have = self._blocks_at_most(request), self.scheduler.kv.num_blocks
+        blocks, have = self.scheduler.blocks_at_most(request), self.scheduler.kv.num_blocks
         if blocks > have:
             return (
                 f"prompt+output {request.input_tokens + request.output_tokens} tokens need "
@@ -215,20 +215,6 @@ class Replica:
                 f"lookahead included) and one replica has {have}"
             )
         return ""
-
-    def _blocks_at_most(self, request: Request) -> int:
-        """The most KV blocks the scheduler will hold for `request` at once (its table plus
-        its sliding-window blocks), as `Scheduler` allocates them."""
-        sched = self.scheduler
-        bs = sched.bs
-        seq = request.input_tokens + request.output_tokens
-        if not sched.incremental:  # reserved whole at admission
-            table = ceil_div(seq + sched.lookahead, bs)
-        elif self.prefill_only:  # holds the computed prompt
-            table = ceil_div(request.input_tokens, bs)
-        else:  # the last token's KV is never computed
-            table = ceil_div(max(seq - 1, request.input_tokens), bs)
-        return table + sched.window_blocks(seq)
 
     def submit(self, request: Request) -> None:
         """Take a request (after the engine's front-end delay, if any, it joins the queue)."""

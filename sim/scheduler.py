@@ -319,6 +319,23 @@ class Scheduler:
     def _window_blocks(self, r: Request) -> int:
         return self.window_blocks(r.input_tokens + r.output_tokens)
 
+    def _reserved_table(self, r: Request) -> int:
+        """Table blocks of a full reservation: the whole sequence, plus room to verify k
+        drafts."""
+        return ceil_div(r.input_tokens + r.output_tokens + self.lookahead, self.bs)
+
+    def blocks_at_most(self, r: Request) -> int:
+        """The most KV blocks this scheduler holds for `r` at once: its table (reserved
+        whole; or, allocated as it goes, the computed prompt on a prefill replica, else every
+        token but the last, whose KV is never computed) plus its sliding-window blocks."""
+        if not self.incremental:
+            table = self._reserved_table(r)
+        elif self.prefill_only:
+            table = ceil_div(r.input_tokens, self.bs)
+        else:
+            table = ceil_div(max(r.input_tokens + r.output_tokens - 1, r.input_tokens), self.bs)
+        return table + self._window_blocks(r)
+
     def _release(self, r: Request) -> None:
         """Give back a request's blocks: indexed units stay cached, the rest are freed."""
         held = r.held_keys
@@ -356,10 +373,7 @@ class Scheduler:
         keys = self.prefix_keys(r)
         if keys:
             hits, idle = kv.match(keys, r.input_tokens // (bs * kv.unit_blocks))
-        if self.incremental:
-            table = ceil_div(r.input_tokens, bs)
-        else:
-            table = ceil_div(r.input_tokens + r.output_tokens + self.lookahead, bs)
+        table = ceil_div(r.input_tokens, bs) if self.incremental else self._reserved_table(r)
         blocks = table + self._window_blocks(r) - hits * kv.unit_blocks
         if blocks + idle * kv.unit_blocks > kv.num_free:
             return False
@@ -525,10 +539,7 @@ class Scheduler:
                 if todo <= e.max_num_batched_tokens or self.running or chunks:
                     break
                 q = todo
-            if self.incremental:
-                table = ceil_div(cached + q, bs)
-            else:  # the whole sequence, plus room to verify k drafts
-                table = ceil_div(r.input_tokens + r.output_tokens + self.lookahead, bs)
+            table = ceil_div(cached + q, bs) if self.incremental else self._reserved_table(r)
             blocks = table + self._window_blocks(r) - hits * kv.unit_blocks
             if blocks + idle * kv.unit_blocks > kv.num_free:
                 break
