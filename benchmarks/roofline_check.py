@@ -42,7 +42,7 @@ from sim.plan import (
     ReplicaPlan,
     cost_params,
 )
-from sim.step_time import Roofline, StepShape, expert_gemm_rows
+from sim.step_time import Roofline, StepShape, decode_shape, expert_gemm_rows
 
 STEP_MODEL = "Llama-3.1-8B"  # the whole-forward rows of gpu_microbench.py
 NEEDED_KINDS = frozenset({"gemm", "read", "copy", "attn_prefill"})  # what kernel_figures reads
@@ -151,7 +151,7 @@ def predict(gpu: GPUSpec, rec: dict[str, str]) -> float | None:
         roof = Roofline(cost_params(plan))
         batch, context = _int(rec["batch"]), _int(rec["context"])
         if kind == "decode_step":
-            shape = StepShape(batch, batch, batch * (context + 1), batch * context)
+            shape = decode_shape(batch, context)
         else:
             pairs = m * (m + 1) // 2
             shape = StepShape(m, 1, pairs, 0, 0, 0, pairs, m)

@@ -26,21 +26,18 @@ from typing import Any
 
 from sim.cluster import build_plan
 from sim.plan import CostParams, cost_params
-from sim.step_time import EngineOverhead, Roofline, StepShape
+from sim.step_time import EngineOverhead, Roofline, StepShape, decode_shape, prefill_shapes
 from sim.validate import read_scenarios, setup_of, to_config
 
 
-def decode_shape(batch: int, context: int, prefill: int) -> StepShape:
-    """`batch` decode tokens over `context` tokens each, plus one prompt of `prefill` tokens."""
-    pairs = batch * (context + 1) + prefill * (prefill + 1) / 2
-    return StepShape(
-        num_tokens=batch + prefill,
-        num_samples=batch + (1 if prefill else 0),
-        attn_pairs=pairs,
-        kv_read_tokens=batch * context,
-        prefill_pairs=prefill * (prefill + 1) / 2,
-        prefill_tokens=prefill,
-    )
+def step_shape(batch: int, context: int, prefill: int, window: int) -> StepShape:
+    """`batch` decode tokens over `context` tokens each, plus one whole prompt of `prefill`
+    tokens, as the simulator shapes them (`window`: the model's sliding window, 0 if none)."""
+    shape = decode_shape(batch, context, window)
+    if prefill:
+        ((prompt, _),) = prefill_shapes(1, prefill, prefill, 1, True, window)
+        shape = StepShape._make(a + b for a, b in zip(shape, prompt, strict=True))
+    return shape
 
 
 def _without(p: CostParams, **zeroed: Any) -> Roofline:
@@ -104,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup, notes = setup_of(row, args.file.parent, None)
     plan = build_plan(to_config(setup))
     p = cost_params(plan)
-    shape = decode_shape(args.batch, args.context, args.prefill)
+    shape = step_shape(args.batch, args.context, args.prefill, plan.model.sliding_window)
     gpu_s = Roofline(p).step_seconds(shape)
     cpu = EngineOverhead.of(plan.engine)
     cpu_s = cpu.cpu_seconds(args.batch + (1 if args.prefill else 0))

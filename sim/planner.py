@@ -37,7 +37,7 @@ from sim.config import ClusterConfig, engine_preset
 from sim.dtypes import get_format
 from sim.hardware import GPUSpec, ModelSpec, ProfileError, load_gpu, load_model
 from sim.plan import EngineSpec, PlanError, ReplicaPlan, cost_params, memory_plan
-from sim.step_time import EngineOverhead, Roofline, StepShape, prefill_shapes
+from sim.step_time import EngineOverhead, Roofline, decode_shape, prefill_shapes
 from sim.techniques import TechniqueError
 
 ENGINE_DIR = Path(__file__).resolve().parent.parent / "experiments" / "engine"
@@ -173,9 +173,9 @@ def decode_step_seconds(
     overhead: EngineOverhead | None = None,
 ) -> float:
     """One decode step of `concurrency` sequences holding `context_tokens` tokens each."""
-    n, c = concurrency, context_tokens
     overhead = overhead or EngineOverhead()
-    return overhead.total_seconds(model, StepShape(n, n, n * (c + 1), n * c), n)
+    shape = decode_shape(concurrency, context_tokens)
+    return overhead.total_seconds(model, shape, concurrency)
 
 
 def evaluate(

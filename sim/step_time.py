@@ -328,6 +328,16 @@ def window_sum(x: int, window: int) -> int:
     return m * (m + 1) // 2 + max(x - window, 0) * window
 
 
+def decode_shape(num_seqs: int, context: int, window: int = 0) -> StepShape:
+    """One decode token for each of `num_seqs` sequences holding `context` tokens (the
+    sliding-window layers attend and read at most `window` of them; 0: no such layers)."""
+    pairs_w = num_seqs * min(context + 1, window) if window else 0
+    read_w = num_seqs * min(context, window) if window else 0
+    return StepShape(
+        num_seqs, num_seqs, num_seqs * (context + 1), num_seqs * context, pairs_w, read_w
+    )
+
+
 def prefill_shapes(
     batch: int,
     prompt: int,

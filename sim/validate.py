@@ -151,7 +151,7 @@ from sim.hardware import GPUSpec, ModelSpec, load_gpu, load_model
 from sim.metrics import itl_samples, request_metrics
 from sim.plan import Speculation, cost_params, memory_plan
 from sim.simulate import simulate
-from sim.step_time import EngineOverhead, Roofline, StepShape, prefill_shapes
+from sim.step_time import EngineOverhead, Roofline, StepShape, decode_shape, prefill_shapes
 from sim.trace import TRACES_DIR, LengthPairs, arrival_times, bundled
 
 COLUMNS: tuple[str, ...] = (
@@ -1060,9 +1060,7 @@ def decode_shapes(
     cap = max(min(engine.max_num_seqs, engine.max_num_batched_tokens), 1)
     for start in range(0, batch, cap):
         n = min(cap, batch - start)
-        pw = n * min(context + 1, window) if window else 0
-        rw = n * min(context, window) if window else 0
-        yield StepShape(n, n, n * (context + 1), n * context, pw, rw), n
+        yield decode_shape(n, context, window), n
 
 
 def single_batch_ms(setup: Setup, metric: str) -> float:

@@ -27,21 +27,26 @@ script = load_script("step_breakdown")
 def test_the_terms_add_up_to_the_step(
     model: str, tp: int, batch: int, context: int, prefill: int
 ) -> None:
-    p = cost_params(plan(model, tp=tp))
-    shape = script.decode_shape(batch, context, prefill)
+    replica = plan(model, tp=tp)
+    p = cost_params(replica)
+    shape = script.step_shape(batch, context, prefill, replica.model.sliding_window)
     rows = script.breakdown(p, shape)
     total = sum(seconds for _, seconds, _ in rows)
     assert total == pytest.approx(Roofline(p).step_seconds(shape), rel=1e-12)
     assert all(seconds >= -1e-15 for _, seconds, _ in rows)
     names = [name for name, _, _ in rows]
     assert ("experts" in names) == bool(p.num_experts)
+    # the sliding-window layers attend a window of each context (gpt-oss-20b: 128 tokens)
+    assert shape.attn_pairs_window == (
+        batch * min(context + 1, 128) if replica.model.sliding_window else 0
+    )
 
 
 def test_the_bound_follows_the_batch() -> None:
     # one sequence streams the weights (memory); 4096 prompt tokens compute them
     p = cost_params(plan())
-    small = dict((n, w) for n, _, w in script.breakdown(p, script.decode_shape(1, 100, 0)))
-    big = dict((n, w) for n, _, w in script.breakdown(p, script.decode_shape(0, 0, 4096)))
+    small = dict((n, w) for n, _, w in script.breakdown(p, script.step_shape(1, 100, 0, 0)))
+    big = dict((n, w) for n, _, w in script.breakdown(p, script.step_shape(0, 0, 4096, 0)))
     assert small["dense GEMMs"] == "memory" and big["dense GEMMs"] == "compute"
     assert small["attention"] == "memory" and big["attention"] == "compute"
 
