@@ -18,7 +18,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from sim.config import override_error, register_configs
+from sim.config import CONFIG_GROUPS_DIR, override_error, register_configs
 from sim.hardware import ProfileError
 from sim.metrics import SLO, cluster_stats, format_cluster, format_summary, summarize
 from sim.plan import PlanError
@@ -67,7 +67,7 @@ def describe(meta: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-EXPERIMENTS_DIR = str(Path(__file__).resolve().parent.parent / "experiments")
+EXPERIMENTS_DIR = str(CONFIG_GROUPS_DIR)
 
 
 @hydra.main(version_base=None, config_path=EXPERIMENTS_DIR, config_name="config")

@@ -177,7 +177,8 @@ class Config:
     link: LinkConfig = field(default_factory=LinkConfig)  # disaggregated KV transfers
 
 
-ENGINE_PRESETS_DIR = Path(__file__).resolve().parent.parent / "experiments" / "engine"
+CONFIG_GROUPS_DIR = Path(__file__).resolve().parent.parent / "experiments"  # Hydra's config dir
+ENGINE_PRESETS_DIR = CONFIG_GROUPS_DIR / "engine"
 
 
 def engine_preset(name: str, presets_dir: Path | None = None) -> EngineConfig:
@@ -200,9 +201,6 @@ def engine_preset(name: str, presets_dir: Path | None = None) -> EngineConfig:
 
 def register_configs() -> None:
     ConfigStore.instance().store(name="servesim_schema", node=Config)
-
-
-CONFIG_GROUPS_DIR = Path(__file__).resolve().parent.parent / "experiments"
 
 
 def override_error(arg: str) -> str:

@@ -29,7 +29,6 @@ import dataclasses
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from sim.cluster import engine_spec, layout_plan
@@ -40,7 +39,6 @@ from sim.plan import EngineSpec, PlanError, ReplicaPlan, cost_params, memory_pla
 from sim.step_time import EngineOverhead, Roofline, decode_shape, prefill_shapes
 from sim.techniques import TechniqueError
 
-ENGINE_DIR = Path(__file__).resolve().parent.parent / "experiments" / "engine"
 PRESETS = {
     "bf16": ("bf16", "bf16", "bf16"),
     "fp8": ("fp8", "fp8", "fp8"),
@@ -154,7 +152,7 @@ def _powers_of_two(limit: int) -> list[int]:
 
 def load_engine(name: str) -> EngineSpec:
     """An engine preset from experiments/engine/NAME.yaml."""
-    return engine_spec(engine_preset(name, ENGINE_DIR))
+    return engine_spec(engine_preset(name))
 
 
 def prefill_seconds(

@@ -137,6 +137,7 @@ import pandas as pd
 
 from sim.cluster import build_plan
 from sim.config import (
+    ENGINE_PRESETS_DIR,
     ClusterConfig,
     Config,
     EngineConfig,
@@ -214,7 +215,7 @@ UNSUPPORTED_METRICS: dict[str, str] = {
 }
 LOWER_IS_BETTER_PREFIXES = ("ttft", "tpot", "itl", "e2e", "prefill_step", "decode_step")
 ENGINE_PRESETS = ("vllm", "sglang", "trtllm")
-ENGINE_DIR = Path(__file__).resolve().parent.parent / "experiments" / "engine"
+ENGINE_DIR = ENGINE_PRESETS_DIR  # calibrate.py points it at its working copies
 SHAREGPT_SAMPLE = "sharegpt_lengths"
 # Serving benchmarks (vllm bench serve, sglang.bench_serving) sample the first turn of
 # ShareGPT_V3_unfiltered_cleaned_split: 217-233 prompt and 196-221 output tokens per request
