@@ -12,9 +12,9 @@ over the absolute percentage errors of the `n` rows compared; `m` counts the `si
 rows that could not be expressed (each printed with its reason). `simulatable=no` rows are
 listed with the file's `why_not` and not counted. A malformed file (missing column, a
 non-numeric or negative number, a count, layout size or length below 1, an unknown mode) is
-one error line naming the file line, the
-row id and the column, exit status 2. An unexpected exception inside the simulator skips
-the rows of that setup with the error as the reason and makes the exit status 1.
+one error line naming the file line, the row id and the column, exit status 2. An
+unexpected exception inside the simulator skips the rows of that setup with the error as
+the reason and makes the exit status 1.
 
 Rows that describe the same setup (every column but id, metric, value and the free-text
 columns) share one simulation; in the latency file these are the rows whose ids share the
